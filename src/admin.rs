@@ -1,0 +1,118 @@
+//! The admin listener: `/metrics`, `/livez`, `/readyz`, `/config` and `POST /reload`.
+//!
+//! Kept on its own port so the app-facing listener never exposes operator endpoints, and so
+//! probes and scrapes keep answering when the proxy port is saturated.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use crate::metrics::Metrics;
+use crate::reload::Reloader;
+use crate::state::SharedState;
+use crate::upstream::Body;
+
+/// Admin endpoints over the shared state.
+#[derive(Debug)]
+pub struct Admin {
+    state: Arc<SharedState>,
+    metrics: Arc<Metrics>,
+    reloader: Arc<Reloader>,
+    draining: Arc<AtomicBool>,
+}
+
+impl Admin {
+    pub fn new(
+        state: Arc<SharedState>,
+        metrics: Arc<Metrics>,
+        reloader: Arc<Reloader>,
+        draining: Arc<AtomicBool>,
+    ) -> Admin {
+        Admin {
+            state,
+            metrics,
+            reloader,
+            draining,
+        }
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/metrics") => respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                Bytes::from(self.metrics.encode()),
+            ),
+            (&Method::GET, "/livez") => json_response(StatusCode::OK, &json!({ "status": "ok" })),
+            (&Method::GET, "/readyz") => self.readyz(),
+            (&Method::GET, "/config") => {
+                json_response(StatusCode::OK, &self.state.load().redacted_view())
+            }
+            (&Method::POST, "/reload") => match self.reloader.reload("admin").await {
+                Ok(generation) => json_response(
+                    StatusCode::OK,
+                    &json!({ "status": "reloaded", "generation": generation }),
+                ),
+                Err(e) => json_response(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &json!({
+                        "status": "failed",
+                        "generation": self.state.load().generation,
+                        "errors": e.to_string().lines().collect::<Vec<_>>(),
+                    }),
+                ),
+            },
+            (_, "/metrics" | "/livez" | "/readyz" | "/config" | "/reload") => json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({ "status": "method not allowed" }),
+            ),
+            _ => json_response(
+                StatusCode::NOT_FOUND,
+                &json!({ "status": "not found", "endpoints": ["/metrics", "/livez", "/readyz", "/config", "POST /reload"] }),
+            ),
+        }
+    }
+
+    /// Ready when not draining and every account has a credential it can attach now.
+    fn readyz(&self) -> Response<Body> {
+        let state = self.state.load();
+        let draining = self.draining.load(Ordering::Relaxed);
+        let accounts: Vec<_> = state
+            .accounts
+            .iter()
+            .map(|a| json!({ "sid": a.sid, "credential": a.credential.kind(), "usable": true }))
+            .collect();
+        let ready = !draining;
+        let status = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        json_response(
+            status,
+            &json!({
+                "status": if ready { "ready" } else { "draining" },
+                "generation": state.generation,
+                "accounts": accounts,
+            }),
+        )
+    }
+}
+
+fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    respond(status, "application/json", Bytes::from(value.to_string()))
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
+    let mut response = Response::new(Either::Right(Full::new(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}

@@ -1,0 +1,640 @@
+//! The config file: TOML in, a typed [`Config`] out, with every problem reported at once.
+//!
+//! This module only reads and checks the file's own content; reading secrets, loading the CA
+//! file and compiling the policy happen when a [`crate::state::State`] is built from it, so
+//! that `validate`, startup and reload share one path. Relative paths are resolved against the
+//! config file's directory.
+
+pub mod reader;
+pub mod secret;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::policy::Mode;
+use crate::twilio_hosts::TWILIO_PRODUCT_HOSTS;
+use reader::{Diagnostic, Diagnostics, Section};
+pub use secret::SecretSource;
+
+/// Exit code for a bad config or bad usage (EX_USAGE).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// The whole config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it was read from, when it came from a file.
+    pub path: Option<PathBuf>,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub upstream: UpstreamConfig,
+    pub accounts: Vec<AccountConfig>,
+    pub policy: PolicyConfig,
+}
+
+/// `[upstream]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    pub default_host: String,
+    pub allowed_hosts: Vec<String>,
+    /// Send every upstream connection here instead of resolving the Twilio host; TLS still
+    /// verifies the Twilio name. For tests and `dev`.
+    pub connect_to: Option<SocketAddr>,
+    /// Extra trusted CA certificates (PEM), added to the webpki roots.
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+}
+
+/// `[[accounts]]`.
+#[derive(Debug, Clone)]
+pub struct AccountConfig {
+    pub sid: String,
+    pub default: bool,
+    pub credential: CredentialConfig,
+}
+
+/// `credential = { type = … }`.
+#[derive(Debug, Clone)]
+pub enum CredentialConfig {
+    /// Basic `SK…:secret`, the production choice.
+    ApiKey {
+        key_sid: SecretSource,
+        secret: SecretSource,
+    },
+    /// Basic `AC…:token`: full account access, for test and development only.
+    AuthToken { token: SecretSource },
+}
+
+impl CredentialConfig {
+    /// The `type` value.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CredentialConfig::ApiKey { .. } => "api_key",
+            CredentialConfig::AuthToken { .. } => "auth_token",
+        }
+    }
+
+    /// Every source, with its key name.
+    pub fn sources(&self) -> Vec<(&'static str, &SecretSource)> {
+        match self {
+            CredentialConfig::ApiKey { key_sid, secret } => {
+                vec![("key_sid", key_sid), ("secret", secret)]
+            }
+            CredentialConfig::AuthToken { token } => vec![("token", token)],
+        }
+    }
+}
+
+/// `[policy]`.
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    pub mode: Mode,
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+    /// JSON documents `{"allow": [...], "deny": [...]}` whose rules are added.
+    pub files: Vec<PathBuf>,
+}
+
+/// A config that cannot be used, with every problem found.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    /// The file (or `<dev>` for built-in configs).
+    pub file: String,
+    pub problems: Vec<Diagnostic>,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}: error: {p}", self.file)?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    /// An error about the file as a whole.
+    pub fn single(file: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.into(),
+            problems: vec![Diagnostic {
+                key: String::new(),
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+/// Defaults, also used by `dev`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
+
+impl Config {
+    /// Reads and checks `path`. Warnings come back beside the config.
+    pub fn load(path: &Path) -> Result<(Config, Vec<Diagnostic>), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::single(path.display().to_string(), format!("cannot read: {e}"))
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut config = Config::parse(&text, base, &path.display().to_string())?;
+        config.0.path = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// Parses config text; `file` names it in messages, `base` resolves relative paths.
+    pub fn parse(
+        text: &str,
+        base: &Path,
+        file: &str,
+    ) -> Result<(Config, Vec<Diagnostic>), ConfigError> {
+        // Only the message and position: toml's own Display quotes the offending line, which
+        // could be an inline secret.
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let at = e.span().map_or(String::new(), |span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                format!(" at line {line}, column {column}")
+            });
+            ConfigError::single(
+                file,
+                format!("invalid TOML{at}: {}", e.message().trim_end()),
+            )
+        })?;
+        let mut d = Diagnostics::default();
+        let config = read_config(&table, base, &mut d);
+        match config {
+            Some(c) if d.errors.is_empty() => Ok((c, d.warnings)),
+            _ => Err(ConfigError {
+                file: file.to_string(),
+                problems: d.errors,
+            }),
+        }
+    }
+
+    /// Every file whose change should trigger a reload: the config, secret and policy files.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self.path.iter().cloned().collect();
+        for account in &self.accounts {
+            for (_, source) in account.credential.sources() {
+                files.extend(source.file().map(Path::to_path_buf));
+            }
+        }
+        files.extend(self.upstream.ca_file.iter().cloned());
+        files.extend(self.policy.files.iter().cloned());
+        files
+    }
+}
+
+fn read_config(table: &toml::Table, base: &Path, d: &mut Diagnostics) -> Option<Config> {
+    let mut root = Section::new("", table);
+    let listen = read_address(&mut root, d, "listen", DEFAULT_LISTEN);
+    let admin = read_address(&mut root, d, "admin", DEFAULT_ADMIN);
+    let upstream = read_upstream(&mut root, d, base);
+    let accounts = read_accounts(&mut root, d, base);
+    let policy = read_policy(&mut root, d, base);
+    root.finish(d);
+
+    let (listen, admin) = (listen?, admin?);
+    if listen == admin {
+        d.error("admin.address", "must differ from listen.address");
+    }
+    for (key, addr) in [("listen.address", listen), ("admin.address", admin)] {
+        if !addr.ip().is_loopback() {
+            d.warn(
+                key,
+                format!("{addr} is reachable from other hosts; restrict who can reach it (NetworkPolicy, firewall)"),
+            );
+        }
+    }
+    Some(Config {
+        path: None,
+        listen,
+        admin,
+        upstream: upstream?,
+        accounts: accounts?,
+        policy: policy?,
+    })
+}
+
+/// `[listen]` / `[admin]`: `address = "HOST:PORT"`.
+fn read_address(
+    root: &mut Section<'_>,
+    d: &mut Diagnostics,
+    key: &'static str,
+    default: &str,
+) -> Option<SocketAddr> {
+    let fallback = default.parse().ok();
+    let Some(mut section) = root.table(d, key) else {
+        return if root.get(key).is_some() {
+            None
+        } else {
+            fallback
+        };
+    };
+    let out = match section.string(d, "address") {
+        Some(s) => parse_addr(d, section.key("address"), s),
+        None => fallback,
+    };
+    section.finish(d);
+    out
+}
+
+fn parse_addr(d: &mut Diagnostics, key: String, s: &str) -> Option<SocketAddr> {
+    match s.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            d.error(
+                key,
+                format!(
+                    "expected an IP:PORT socket address such as \"127.0.0.1:8080\", found {s:?}"
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn read_upstream(
+    root: &mut Section<'_>,
+    d: &mut Diagnostics,
+    base: &Path,
+) -> Option<UpstreamConfig> {
+    let mut out = UpstreamConfig {
+        default_host: "api.twilio.com".to_string(),
+        allowed_hosts: TWILIO_PRODUCT_HOSTS.iter().map(|h| h.to_string()).collect(),
+        connect_to: None,
+        ca_file: None,
+        connect_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(30),
+        pool_idle_timeout: Duration::from_secs(90),
+        pool_max_idle_per_host: 64,
+    };
+    let Some(mut s) = root.table(d, "upstream") else {
+        return if root.get("upstream").is_some() {
+            None
+        } else {
+            Some(out)
+        };
+    };
+    let before = d.errors.len();
+    if let Some(h) = s.string(d, "default_host") {
+        out.default_host = h.to_ascii_lowercase();
+    }
+    if let Some(hosts) = s.strings(d, "allowed_hosts") {
+        if hosts.is_empty() {
+            d.error(s.key("allowed_hosts"), "must name at least one Twilio host");
+        }
+        out.allowed_hosts = hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+    }
+    if let Err(e) = crate::route::Hosts::new(out.allowed_hosts.iter().map(String::as_str)) {
+        d.error(s.key("allowed_hosts"), e);
+    }
+    if !out.allowed_hosts.contains(&out.default_host) {
+        d.error(
+            s.key("default_host"),
+            format!("{:?} is not in upstream.allowed_hosts", out.default_host),
+        );
+    }
+    if let Some(a) = s.string(d, "connect_to") {
+        out.connect_to = parse_addr(d, s.key("connect_to"), a);
+    }
+    if let Some(p) = s.string(d, "ca_file") {
+        out.ca_file = Some(base.join(p));
+    }
+    for (key, slot) in [
+        ("connect_timeout", &mut out.connect_timeout),
+        ("request_timeout", &mut out.request_timeout),
+        ("pool_idle_timeout", &mut out.pool_idle_timeout),
+    ] {
+        if let Some(v) = s.string(d, key) {
+            match parse_duration(v) {
+                Some(dur) if !dur.is_zero() => *slot = dur,
+                _ => d.error(
+                    s.key(key),
+                    format!(
+                        "expected a positive duration such as \"5s\" or \"250ms\", found {v:?}"
+                    ),
+                ),
+            }
+        }
+    }
+    if let Some(n) = s.integer(d, "pool_max_idle_per_host") {
+        match usize::try_from(n) {
+            Ok(n) => out.pool_max_idle_per_host = n,
+            Err(_) => d.error(s.key("pool_max_idle_per_host"), "must not be negative"),
+        }
+    }
+    s.finish(d);
+    (d.errors.len() == before).then_some(out)
+}
+
+/// `"250ms"`, `"5s"`, `"2m"`, `"1h"`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.checked_mul(60)?),
+        "h" => Duration::from_secs(n.checked_mul(3600)?),
+        _ => return None,
+    })
+}
+
+/// True for `AC` or `SK` followed by 32 hex digits.
+pub fn is_sid(s: &str, prefix: &str) -> bool {
+    s.len() == 34 && s.starts_with(prefix) && s[2..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn read_accounts(
+    root: &mut Section<'_>,
+    d: &mut Diagnostics,
+    base: &Path,
+) -> Option<Vec<AccountConfig>> {
+    let Some(sections) = root.tables(d, "accounts") else {
+        if root.get("accounts").is_none() {
+            d.error("accounts", "missing: add at least one [[accounts]] table");
+        }
+        return None;
+    };
+    if sections.is_empty() {
+        d.error("accounts", "add at least one [[accounts]] table");
+    }
+    let before = d.errors.len();
+    let mut accounts = Vec::new();
+    for mut s in sections {
+        let sid = s.string(d, "sid");
+        if sid.is_none() && s.get("sid").is_none() {
+            d.error(
+                s.key("sid"),
+                "missing (the account SID, AC followed by 32 hex digits)",
+            );
+        }
+        if let Some(sid) = sid {
+            if !is_sid(sid, "AC") {
+                d.error(
+                    s.key("sid"),
+                    format!("{sid:?} is not an account SID (AC followed by 32 hex digits)"),
+                );
+            } else if accounts.iter().any(|a: &AccountConfig| a.sid == sid) {
+                d.error(s.key("sid"), format!("account {sid} is configured twice"));
+            }
+        }
+        let default = s.boolean(d, "default").unwrap_or(false);
+        let credential = read_credential(&mut s, d, base);
+        s.finish(d);
+        if let (Some(sid), Some(credential)) = (sid, credential) {
+            accounts.push(AccountConfig {
+                sid: sid.to_string(),
+                default,
+                credential,
+            });
+        }
+    }
+    let defaults = accounts.iter().filter(|a| a.default).count();
+    if accounts.len() > 1 && defaults != 1 {
+        d.error(
+            "accounts",
+            format!(
+                "with several accounts exactly one must have default = true (found {defaults})"
+            ),
+        );
+    }
+    if accounts.len() == 1 {
+        accounts[0].default = true;
+    }
+    (d.errors.len() == before).then_some(accounts)
+}
+
+fn read_credential(
+    account: &mut Section<'_>,
+    d: &mut Diagnostics,
+    base: &Path,
+) -> Option<CredentialConfig> {
+    let Some(mut s) = account.table(d, "credential") else {
+        if account.get("credential").is_none() {
+            d.error(
+                account.key("credential"),
+                "missing (for example { type = \"api_key\", key_sid = …, secret = { file = … } })",
+            );
+        }
+        return None;
+    };
+    let kind = s.string(d, "type");
+    let out = match kind {
+        Some("api_key") => {
+            let key_sid = SecretSource::parse(&mut s, d, "key_sid", false, base);
+            if let Some(SecretSource::Inline(v)) = &key_sid {
+                use secrecy::ExposeSecret;
+                if !is_sid(v.expose_secret(), "SK") {
+                    d.error(
+                        s.key("key_sid"),
+                        "not an API key SID (SK followed by 32 hex digits)",
+                    );
+                }
+            }
+            let secret = SecretSource::parse(&mut s, d, "secret", true, base);
+            match (key_sid, secret) {
+                (Some(key_sid), Some(secret)) => Some(CredentialConfig::ApiKey { key_sid, secret }),
+                _ => None,
+            }
+        }
+        Some("auth_token") => SecretSource::parse(&mut s, d, "token", true, base)
+            .map(|token| CredentialConfig::AuthToken { token }),
+        Some(other) => {
+            d.error(
+                s.key("type"),
+                format!(
+                    "unknown credential type {other:?}; expected \"api_key\" or \"auth_token\""
+                ),
+            );
+            None
+        }
+        None => {
+            if s.get("type").is_none() {
+                d.error(s.key("type"), "missing (\"api_key\" or \"auth_token\")");
+            }
+            None
+        }
+    };
+    if matches!(out, Some(CredentialConfig::AuthToken { .. })) {
+        d.warn(
+            s.key("type"),
+            "auth_token gives full account access; use it for test and development only, an API key in production",
+        );
+    }
+    s.finish(d);
+    out
+}
+
+fn read_policy(root: &mut Section<'_>, d: &mut Diagnostics, base: &Path) -> Option<PolicyConfig> {
+    let Some(mut s) = root.table(d, "policy") else {
+        if root.get("policy").is_none() {
+            d.error(
+                "policy",
+                "missing: without a [policy] every request is denied",
+            );
+        }
+        return None;
+    };
+    let before = d.errors.len();
+    let mode = match s.string(d, "mode") {
+        None | Some("enforce") => Mode::Enforce,
+        Some("audit") => Mode::Audit,
+        Some(other) => {
+            d.error(
+                s.key("mode"),
+                format!("expected \"enforce\" or \"audit\", found {other:?}"),
+            );
+            Mode::Enforce
+        }
+    };
+    let allow = s.strings(d, "allow").unwrap_or_default();
+    let deny = s.strings(d, "deny").unwrap_or_default();
+    let files: Vec<PathBuf> = s
+        .strings(d, "files")
+        .unwrap_or_default()
+        .into_iter()
+        .map(|f| base.join(f))
+        .collect();
+    if allow.is_empty() && files.is_empty() {
+        d.warn(
+            s.key("allow"),
+            "no allow rules: every request will be denied",
+        );
+    }
+    s.finish(d);
+    (d.errors.len() == before).then(|| PolicyConfig {
+        mode,
+        allow: allow.into_iter().map(String::from).collect(),
+        deny: deny.into_iter().map(String::from).collect(),
+        files,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SID: &str = "AC0123456789abcdef0123456789abcdef";
+
+    fn parse(text: &str) -> Result<(Config, Vec<Diagnostic>), ConfigError> {
+        Config::parse(text, Path::new("/etc/ts"), "test.toml")
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let (c, warnings) = parse(&format!(
+            r#"
+            [[accounts]]
+            sid = "{SID}"
+            credential = {{ type = "api_key", key_sid = {{ env = "K" }}, secret = {{ file = "secret" }} }}
+            [policy]
+            allow = ["/2010-04-01/Accounts/{{AccountSid}}/Messages*"]
+            "#
+        ))
+        .unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.admin.to_string(), DEFAULT_ADMIN);
+        assert_eq!(c.upstream.allowed_hosts.len(), 38);
+        assert!(c.accounts[0].default);
+        match &c.accounts[0].credential {
+            CredentialConfig::ApiKey { secret, .. } => {
+                assert_eq!(secret.file(), Some(Path::new("/etc/ts/secret")))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_error_at_once_naming_the_key() {
+        let err = parse(
+            r#"
+            bogus = 1
+            [listen]
+            address = "nope"
+            [upstream]
+            default_host = "evil.example"
+            request_timeout = "soon"
+            colour = "blue"
+            [[accounts]]
+            sid = "AC1"
+            credential = { type = "oauth3" }
+            [[accounts]]
+            credential = { type = "api_key", key_sid = "SKnope", secret = { file = "a", env = "B" } }
+            [policy]
+            mode = "strict"
+            allow = [1]
+            "#,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "test.toml: error: bogus: unknown key",
+            "listen.address: expected an IP:PORT",
+            "upstream.default_host: \"evil.example\" is not in upstream.allowed_hosts",
+            "upstream.request_timeout: expected a positive duration",
+            "upstream.colour: unknown key",
+            "accounts[0].sid: \"AC1\" is not an account SID",
+            "accounts[0].credential.type: unknown credential type \"oauth3\"",
+            "accounts[1].sid: missing",
+            "accounts[1].credential.key_sid: not an API key SID",
+            "accounts[1].credential.secret: give either file or env, not both",
+            "policy.mode: expected \"enforce\" or \"audit\"",
+            "policy.allow[0]: expected a string",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn warnings_for_inline_secrets_and_auth_tokens() {
+        let (_, warnings) = parse(&format!(
+            r#"
+            [listen]
+            address = "0.0.0.0:8080"
+            [[accounts]]
+            sid = "{SID}"
+            credential = {{ type = "auth_token", token = "abc" }}
+            [policy]
+            allow = ["/x"]
+            "#
+        ))
+        .unwrap();
+        let text: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
+        assert!(
+            text.iter().any(|w| w.starts_with("listen.address")),
+            "{text:?}"
+        );
+        assert!(text.iter().any(|w| w.contains("inline secret")), "{text:?}");
+        assert!(text.iter().any(|w| w.contains("auth_token")), "{text:?}");
+    }
+
+    #[test]
+    fn syntax_errors_give_a_position_but_never_echo_the_line() {
+        let err =
+            parse("[upstream]\ndefault_host = \"api.twilio.com\"\nsecret = \"hunter2").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("invalid TOML at line 3"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("s"), None);
+    }
+}

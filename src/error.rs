@@ -1,0 +1,196 @@
+//! Every response the sidecar makes itself, in Twilio's error shape.
+//!
+//! This is the one place where a failure becomes an HTTP response: the request phases return a
+//! [`ProxyError`] and the proxy turns it into `{"code", "message", "more_info", "status"}` JSON with
+//! `Content-Type: application/json`, so the Twilio SDKs surface it as an ordinary Twilio error.
+//!
+//! | code  | status | meaning |
+//! |-------|--------|---------|
+//! | 70051 | 403 | the sidecar's policy refused the request (what a restricted key lacking the permission gets) |
+//! | 79400 | 400 | the request path is not canonical (dot segments, `//`, encoded `/`, `;`, …) |
+//! | 79401 | 400 | the request target or `Host` is malformed or ambiguous |
+//! | 79403 | 403 | the target host is not an allowed Twilio host: the sidecar is not an open proxy |
+//! | 79404 | 403 | the account SID in the path is not configured in the sidecar |
+//! | 79405 | 405 | the method is not one the sidecar forwards |
+//! | 79502 | 502 | Twilio could not be reached (connect, TLS or protocol error) |
+//! | 79504 | 504 | Twilio did not answer within `upstream.request_timeout` |
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Response, StatusCode};
+use http_body_util::Full;
+
+/// Where Twilio documents its own codes; sidecar codes are documented in the README instead.
+const TWILIO_ERRORS_URL: &str = "https://www.twilio.com/docs/errors/";
+
+/// Why the upstream call failed; also the `kind` label of the upstream error metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// TCP connect failed or was refused.
+    Connect,
+    /// The TLS handshake failed, certificate verification included.
+    Tls,
+    /// No response headers within the request timeout.
+    Timeout,
+    /// The connection broke or the peer spoke bad HTTP.
+    Protocol,
+}
+
+impl UpstreamFailure {
+    /// Metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamFailure::Connect => "connect",
+            UpstreamFailure::Tls => "tls",
+            UpstreamFailure::Timeout => "timeout",
+            UpstreamFailure::Protocol => "protocol",
+        }
+    }
+}
+
+/// A request the sidecar answers itself instead of forwarding.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No allow rule matched, or a deny rule did.
+    #[error("{method} {host}{path} was refused by the twilio-sidecar policy ({reason})")]
+    Denied {
+        method: Method,
+        host: String,
+        path: String,
+        reason: String,
+    },
+    /// The path failed the canonical-or-refuse check.
+    #[error("the request path was refused because it is not canonical: {0}")]
+    NonCanonicalPath(String),
+    /// Bad or ambiguous request target / Host.
+    #[error("the request target was refused: {0}")]
+    BadTarget(String),
+    /// The request names a host outside `upstream.allowed_hosts`.
+    #[error("{0}")]
+    HostNotAllowed(String),
+    /// `/2010-04-01/Accounts/{sid}` with a SID the sidecar holds no credential for.
+    #[error("account {0} is not configured in twilio-sidecar, so it holds no credential for it")]
+    UnknownAccount(String),
+    /// A method outside GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS.
+    #[error("method {0:?} is not forwarded by twilio-sidecar; use GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS")]
+    MethodNotAllowed(String),
+    /// Twilio could not be reached.
+    #[error("twilio-sidecar could not reach {host}: {kind} error", kind = .kind.as_str())]
+    UpstreamUnreachable { host: String, kind: UpstreamFailure },
+    /// Twilio did not answer in time.
+    #[error("{host} did not answer within the sidecar's upstream.request_timeout")]
+    UpstreamTimeout { host: String },
+}
+
+impl ProxyError {
+    /// HTTP status of the response.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Denied { .. }
+            | ProxyError::HostNotAllowed(_)
+            | ProxyError::UnknownAccount(_) => StatusCode::FORBIDDEN,
+            ProxyError::NonCanonicalPath(_) | ProxyError::BadTarget(_) => StatusCode::BAD_REQUEST,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The Twilio-style error code (see the module table).
+    pub fn code(&self) -> u32 {
+        match self {
+            ProxyError::Denied { .. } => 70051,
+            ProxyError::NonCanonicalPath(_) => 79400,
+            ProxyError::BadTarget(_) => 79401,
+            ProxyError::HostNotAllowed(_) => 79403,
+            ProxyError::UnknownAccount(_) => 79404,
+            ProxyError::MethodNotAllowed(_) => 79405,
+            ProxyError::UpstreamUnreachable { .. } => 79502,
+            ProxyError::UpstreamTimeout { .. } => 79504,
+        }
+    }
+
+    /// The response the app receives.
+    pub fn to_response(&self) -> Response<Full<Bytes>> {
+        let status = self.status();
+        let body = twilio_error_body(self.code(), &self.to_string(), status);
+        let mut response = Response::new(Full::new(body));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}
+
+/// `more_info` for a code: Twilio's page for Twilio's codes; ours are the sidecar's own and are
+/// documented in its README (there is no public page to link, so we name the section).
+fn more_info(code: u32) -> String {
+    if (79000..80000).contains(&code) {
+        format!("twilio-sidecar README.md#error-codes ({code})")
+    } else {
+        format!("{TWILIO_ERRORS_URL}{code}")
+    }
+}
+
+/// Serialises Twilio's error shape.
+pub fn twilio_error_body(code: u32, message: &str, status: StatusCode) -> Bytes {
+    let value = serde_json::json!({
+        "code": code,
+        "message": message,
+        "more_info": more_info(code),
+        "status": status.as_u16(),
+    });
+    Bytes::from(value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn denial_is_twilio_shaped() {
+        let err = ProxyError::Denied {
+            method: Method::POST,
+            host: "api.twilio.com".into(),
+            path: "/2010-04-01/Accounts/AC1/Calls.json".into(),
+            reason: "no allow rule matches".into(),
+        };
+        let response = err.to_response();
+        assert_eq!(response.status(), 403);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["code"], 70051);
+        assert_eq!(v["status"], 403);
+        assert_eq!(v["more_info"], "https://www.twilio.com/docs/errors/70051");
+        let msg = v["message"].as_str().unwrap();
+        assert!(msg.contains("POST api.twilio.com/2010-04-01/Accounts/AC1/Calls.json"));
+        assert!(msg.contains("policy"));
+    }
+
+    #[test]
+    fn codes_are_distinct() {
+        let errors = [
+            ProxyError::NonCanonicalPath(String::new()),
+            ProxyError::BadTarget(String::new()),
+            ProxyError::HostNotAllowed(String::new()),
+            ProxyError::UnknownAccount(String::new()),
+            ProxyError::MethodNotAllowed(String::new()),
+            ProxyError::UpstreamUnreachable {
+                host: String::new(),
+                kind: UpstreamFailure::Connect,
+            },
+            ProxyError::UpstreamTimeout {
+                host: String::new(),
+            },
+        ];
+        let mut codes: Vec<u32> = errors.iter().map(ProxyError::code).collect();
+        codes.push(70051);
+        let n = codes.len();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), n);
+    }
+}

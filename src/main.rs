@@ -1,0 +1,180 @@
+//! The `twilio-sidecar` binary: `run`, `dev`, `check`, `validate`.
+
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing::{error, info};
+
+use twilio_sidecar::app::{Sidecar, StartError};
+use twilio_sidecar::config::{Config, DEFAULT_ADMIN, DEFAULT_LISTEN, EXIT_CONFIG};
+use twilio_sidecar::telemetry::{self, LogFormat};
+use twilio_sidecar::{commands, dev};
+
+/// Outbound authenticating sidecar for Twilio's REST APIs.
+#[derive(Debug, Parser)]
+#[command(name = "twilio-sidecar", version, about)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `warn,twilio_sidecar::access=info`.
+    /// Defaults to $TWILIO_SIDECAR_LOG, then `info`.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        /// The TOML config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the proxy against a built-in stand-in for Twilio, with fake credentials. Not for production.
+    Dev {
+        /// Proxy listen address.
+        #[arg(long, default_value = DEFAULT_LISTEN)]
+        listen: SocketAddr,
+        /// Admin listen address.
+        #[arg(long, default_value = DEFAULT_ADMIN)]
+        admin: SocketAddr,
+    },
+    /// Explain the decision for one request. Exit 0 allowed, 1 denied, 2 invalid input.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+        /// HTTP method, e.g. POST.
+        method: String,
+        /// A Twilio URL (https://api.twilio.com/...), a path, or a URL on the sidecar's address.
+        url: String,
+    },
+    /// Load and lint a config; print every error and warning. Exit 64 on error.
+    Validate {
+        #[arg(long)]
+        config: PathBuf,
+        /// Do not read secret files and variables (lint a config away from where it runs).
+        #[arg(long)]
+        skip_secrets: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check {
+            config,
+            method,
+            url,
+        } => finish(commands::check(&config, &method, &url)),
+        Command::Validate {
+            config,
+            skip_secrets,
+        } => finish(commands::validate(&config, skip_secrets)),
+        Command::Run { config } => {
+            telemetry::init(cli.log_format, cli.log_level.as_deref());
+            serve(async move {
+                let (config, warnings) = Config::load(&config)?;
+                Sidecar::start(config, warnings, Vec::new()).await
+            })
+        }
+        Command::Dev { listen, admin } => {
+            telemetry::init(cli.log_format, cli.log_level.as_deref());
+            runtime_then(async move {
+                dev::run(listen, admin, shutdown_signal(), |banner| {
+                    println!("{banner}")
+                })
+                .await
+            })
+        }
+    }
+}
+
+fn finish((text, code): (String, i32)) -> ExitCode {
+    if code == 0 {
+        print!("{text}");
+    } else {
+        eprint!("{text}");
+        if !text.ends_with('\n') {
+            eprintln!();
+        }
+    }
+    ExitCode::from(code as u8)
+}
+
+/// Starts the sidecar built by `start`, serves until SIGTERM/SIGINT, reloads on SIGHUP.
+fn serve(start: impl std::future::Future<Output = Result<Sidecar, StartError>>) -> ExitCode {
+    runtime_then(async move {
+        let sidecar = start.await?;
+        let reloader = sidecar.reloader.clone();
+        #[cfg(unix)]
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                info!("SIGHUP: reloading config");
+                // Failures are logged and counted by the reloader.
+                let _ = reloader.reload("signal").await;
+            }
+        });
+        sidecar.serve(shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+fn runtime_then(fut: impl std::future::Future<Output = Result<(), StartError>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("twilio-sidecar: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(StartError::Config(e)) => {
+            error!("config is not usable; not starting");
+            eprintln!("{e}");
+            ExitCode::from(EXIT_CONFIG as u8)
+        }
+        Err(e) => {
+            error!(error = %e, "cannot start");
+            eprintln!("twilio-sidecar: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => info!("SIGTERM received"),
+                    _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

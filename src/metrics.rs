@@ -1,0 +1,151 @@
+//! Prometheus metrics, all named `twilio_sidecar_*`, on a registry of our own.
+//!
+//! Labels are bounded by the config: rule text, allowed host, method, status code, decision,
+//! account SID, result. Never a raw path, a query string or anything secret.
+
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Latency buckets in seconds: sub-millisecond sidecar work up to slow Twilio calls.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Every metric the sidecar exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by decision, rule, host, method and status.
+    pub requests: IntCounterVec,
+    /// Whole-request latency as the app sees it (to response head), by host and decision.
+    pub request_duration: HistogramVec,
+    /// Upstream latency (request sent to response head), by host.
+    pub upstream_duration: HistogramVec,
+    /// Requests being handled now.
+    pub in_flight: IntGauge,
+    /// Upstream failures by host and kind (connect, tls, timeout, protocol).
+    pub upstream_errors: IntCounterVec,
+    /// Per-account credential generation, bumped when a reload changes the credential.
+    pub credential_generation: IntGaugeVec,
+    /// The config/state generation serving requests.
+    pub state_generation: IntGauge,
+    /// Config reloads by trigger and result.
+    pub reloads: IntCounterVec,
+    /// Unix time of the last successful config load.
+    pub last_reload_success: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    /// Registers every metric, plus build info and process metrics.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new_custom(Some("twilio_sidecar".into()), None)?;
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "requests_total",
+                "Requests by policy decision, rule, Twilio host, method and response status.",
+            ),
+            &["decision", "rule", "host", "method", "status"],
+        )?;
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "request_duration_seconds",
+                "Time from request received to response head sent.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["host", "decision"],
+        )?;
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "upstream_duration_seconds",
+                "Time from request sent to Twilio to its response head.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["host"],
+        )?;
+        let in_flight = IntGauge::new("in_flight_requests", "Requests being handled now.")?;
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "upstream_errors_total",
+                "Failed upstream calls by Twilio host and kind (connect, tls, timeout, protocol).",
+            ),
+            &["host", "kind"],
+        )?;
+        let credential_generation = IntGaugeVec::new(
+            Opts::new(
+                "credential_generation",
+                "Generation of each account's credential; changes when a reload changes it.",
+            ),
+            &["account"],
+        )?;
+        let state_generation = IntGauge::new(
+            "state_generation",
+            "Generation of the config state serving requests.",
+        )?;
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "config_reloads_total",
+                "Config loads by trigger and result.",
+            ),
+            &["trigger", "result"],
+        )?;
+        let last_reload_success = Gauge::new(
+            "config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful config load.",
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new("build_info", "Always 1; labels carry the version."),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(upstream_duration.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(upstream_errors.clone()))?;
+        registry.register(Box::new(credential_generation.clone()))?;
+        registry.register(Box::new(state_generation.clone()))?;
+        registry.register(Box::new(reloads.clone()))?;
+        registry.register(Box::new(last_reload_success.clone()))?;
+        registry.register(Box::new(build_info))?;
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+
+        Ok(Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            in_flight,
+            upstream_errors,
+            credential_generation,
+            state_generation,
+            reloads,
+            last_reload_success,
+        })
+    }
+
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail for well-formed metrics; an empty page is the fallback.
+        if TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .is_err()
+        {
+            out.clear();
+        }
+        out
+    }
+}

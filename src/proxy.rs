@@ -1,0 +1,368 @@
+//! The request path, as named phases run top to bottom on one state snapshot:
+//!
+//! 1. **route** — which allowed Twilio host the request is for. Changes nothing; refuses
+//!    (400/403/405) bad targets, non-Twilio hosts and unforwarded methods.
+//! 2. **canonical path** — decode the path once or refuse it (400). Changes nothing.
+//! 3. **policy** — allow, deny or audit_deny. Short-circuits with 403 (code 70051) on a denial
+//!    in enforce mode.
+//! 4. **credential** — pick the account whose credential is attached; refuses an unconfigured
+//!    account SID (403).
+//! 5. **upstream request** — rewrite the URI to `https://{host}{path}`, strip the app's
+//!    credentials, hop-by-hop and method/URL-override headers, attach `Authorization`. The
+//!    body streams through untouched.
+//! 6. **upstream call** — pooled, verified TLS; 502/504 on failure.
+//! 7. **response** — hop-by-hop headers dropped, everything else (Twilio's own errors too)
+//!    passed back as received, body streamed.
+//!
+//! A phase that refuses returns a [`ProxyError`]; [`Proxy::handle`] is the one place that turns
+//! it into a response, records metrics and writes the access-log line.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderName};
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use tracing::{info, warn};
+
+use crate::error::{ProxyError, UpstreamFailure};
+use crate::gate::{Gate, Trace};
+use crate::metrics::Metrics;
+use crate::route::RouteSource;
+use crate::state::{SharedState, State};
+use crate::upstream::Body;
+
+/// Echoed back to the app and written to the access log.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Twilio's own request id, logged when present.
+const TWILIO_REQUEST_ID: HeaderName = HeaderName::from_static("twilio-request-id");
+
+/// Headers an app may not pass to Twilio: its own credentials, hop-by-hop headers, and the
+/// method/URL override headers some servers honour (which would let a request be checked as one
+/// thing and executed as another).
+static STRIPPED_REQUEST_HEADERS: [HeaderName; 21] = [
+    header::AUTHORIZATION,
+    header::PROXY_AUTHORIZATION,
+    header::COOKIE,
+    header::HOST,
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::FORWARDED,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-original-method"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-prefix"),
+];
+
+/// Hop-by-hop headers dropped from Twilio's response; hyper frames the body itself.
+static STRIPPED_RESPONSE_HEADERS: [HeaderName; 7] = [
+    header::CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TRAILER,
+    header::PROXY_AUTHENTICATE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// What one request did, for metrics and the access log. Borrows from the state snapshot.
+struct Record<'s> {
+    decision: &'static str,
+    rule: &'s str,
+    host: &'s str,
+    account: &'s str,
+    /// Where the forwarded path starts inside the received path (after a host prefix).
+    path_offset: usize,
+    twilio_request_id: Option<HeaderValue>,
+}
+
+impl Default for Record<'_> {
+    fn default() -> Self {
+        Record {
+            decision: "refused",
+            rule: "-",
+            host: "-",
+            account: "-",
+            path_offset: 0,
+            twilio_request_id: None,
+        }
+    }
+}
+
+/// The proxy service: one per process, shared by every connection.
+#[derive(Debug)]
+pub struct Proxy {
+    state: Arc<SharedState>,
+    metrics: Arc<Metrics>,
+    id_prefix: u32,
+    next_id: AtomicU64,
+}
+
+impl Proxy {
+    pub fn new(state: Arc<SharedState>, metrics: Arc<Metrics>) -> Proxy {
+        // A per-process prefix keeps ids from different sidecar replicas apart.
+        let id_prefix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() ^ (d.as_secs() as u32))
+            ^ std::process::id().rotate_left(16);
+        Proxy {
+            state,
+            metrics,
+            id_prefix,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Handles one request from the app. Never fails: refusals become Twilio-shaped errors.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        self.metrics.in_flight.inc();
+        let _in_flight = InFlight(&self.metrics);
+        // One snapshot for the whole request: a reload mid-request cannot mix generations.
+        let state = self.state.load();
+        let request_id = self.request_id(req.headers());
+        let method = req.method().clone();
+        let uri = req.uri().clone();
+
+        let mut record = Record::default();
+        let mut response = match self.pipeline(&state, req, &mut record).await {
+            Ok(response) => response,
+            Err(error) => error.to_response().map(Either::Right),
+        };
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID, request_id.clone());
+
+        let status = response.status();
+        let elapsed = started.elapsed();
+        self.metrics
+            .requests
+            .with_label_values(&[
+                record.decision,
+                record.rule,
+                record.host,
+                method_label(&method),
+                status.as_str(),
+            ])
+            .inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[record.host, record.decision])
+            .observe(elapsed.as_secs_f64());
+        let path = uri.path().get(record.path_offset..).unwrap_or("");
+        info!(
+            target: "twilio_sidecar::access",
+            request_id = request_id.to_str().unwrap_or("-"),
+            method = %method,
+            host = record.host,
+            path,
+            rule = record.rule,
+            decision = record.decision,
+            account = record.account,
+            status = status.as_u16(),
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            twilio_request_id = record
+                .twilio_request_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-"),
+        );
+        response
+    }
+
+    async fn pipeline<'s>(
+        &self,
+        state: &'s State,
+        req: Request<Incoming>,
+        record: &mut Record<'s>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let (mut parts, body) = req.into_parts();
+
+        // Phases 1-4 (route, canonical path, policy, account) only read the request.
+        let mut trace = Trace::default();
+        let admitted = state.gate.admit(&parts, &mut trace);
+        let hosts = &state.gate.router.hosts;
+        record.host = trace.host.map_or("-", |h| hosts.name(h));
+        record.path_offset = trace.path_offset;
+        if let Some(decision) = trace.decision {
+            record.decision = decision.label();
+            record.rule = state.gate.policy.rule_label(decision.verdict);
+        }
+        let admission = admitted?;
+        let account = &state.accounts[admission.account];
+        record.account = &account.sid;
+        if Gate::is_audit_only(&admission.decision) {
+            warn!(
+                method = %parts.method,
+                host = record.host,
+                path = admission.route.path,
+                rule = record.rule,
+                "policy audit: this request would be denied in enforce mode; forwarding it"
+            );
+        }
+
+        // The forwarded target: the original bytes, minus a stripped host prefix.
+        let route = admission.route;
+        let path_and_query = match (route.source, parts.uri.path_and_query()) {
+            (RouteSource::PathPrefix, _) | (_, None) => {
+                let mut pq =
+                    String::with_capacity(route.path.len() + 1 + route.query.map_or(0, str::len));
+                pq.push_str(route.path);
+                if let Some(q) = route.query {
+                    pq.push('?');
+                    pq.push_str(q);
+                }
+                PathAndQuery::try_from(pq).map_err(|e| ProxyError::BadTarget(e.to_string()))?
+            }
+            (_, Some(pq)) => pq.clone(),
+        };
+        let host = route.host;
+
+        // Phase 5: upstream request.
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTPS);
+        uri.authority = Some(hosts.authority(host).clone());
+        uri.path_and_query = Some(path_and_query);
+        parts.uri = Uri::from_parts(uri).map_err(|e| ProxyError::BadTarget(e.to_string()))?;
+        if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+            // Chunked framing wins over a stated length; never forward both.
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
+        strip_request_headers(&mut parts.headers);
+        parts.headers.insert(
+            header::AUTHORIZATION,
+            account.credential.authorization().clone(),
+        );
+        // hyper picks HTTP/2 or 1.1 upstream by ALPN, whatever the app spoke.
+        parts.version = Version::HTTP_11;
+        let upstream_req = Request::from_parts(parts, Either::Left(body));
+
+        // Phase 6: upstream call.
+        let sent = Instant::now();
+        let result = state.upstream.send(upstream_req).await;
+        self.metrics
+            .upstream_duration
+            .with_label_values(&[record.host])
+            .observe(sent.elapsed().as_secs_f64());
+        let mut response = match result {
+            Ok(response) => response,
+            Err(kind) => {
+                self.metrics
+                    .upstream_errors
+                    .with_label_values(&[record.host, kind.as_str()])
+                    .inc();
+                let host = record.host.to_string();
+                return Err(match kind {
+                    UpstreamFailure::Timeout => ProxyError::UpstreamTimeout { host },
+                    kind => ProxyError::UpstreamUnreachable { host, kind },
+                });
+            }
+        };
+
+        // Phase 7: response.
+        strip_response_headers(response.headers_mut());
+        record.twilio_request_id = response.headers().get(TWILIO_REQUEST_ID).cloned();
+        Ok(response.map(Either::Left))
+    }
+
+    /// The app's `X-Request-Id` when it is short and printable, else a new one.
+    fn request_id(&self, headers: &HeaderMap) -> HeaderValue {
+        if let Some(v) = headers.get(&X_REQUEST_ID) {
+            let b = v.as_bytes();
+            if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
+                return v.clone();
+            }
+        }
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{:08x}{n:016x}", self.id_prefix);
+        HeaderValue::try_from(id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    }
+}
+
+/// Decrements the in-flight gauge however the request ends (including a dropped future).
+struct InFlight<'a>(&'a Metrics);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
+    }
+}
+
+fn strip_request_headers(headers: &mut HeaderMap) {
+    // Names listed in Connection are hop-by-hop too.
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .collect();
+    for name in listed.iter().chain(STRIPPED_REQUEST_HEADERS.iter()) {
+        headers.remove(name);
+    }
+}
+
+fn strip_response_headers(headers: &mut HeaderMap) {
+    for name in STRIPPED_RESPONSE_HEADERS.iter() {
+        headers.remove(name);
+    }
+}
+
+/// Bounded method label: forwarded methods by name, anything else as `OTHER`.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_credentials_hop_by_hop_and_overrides() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("authorization", "Basic YXBwOmFwcA=="),
+            ("proxy-authorization", "Basic eA=="),
+            ("cookie", "a=b"),
+            ("connection", "keep-alive, x-custom-hop"),
+            ("x-custom-hop", "1"),
+            ("x-http-method-override", "DELETE"),
+            ("x-original-url", "/2010-04-01/Accounts/AC1/Keys.json"),
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("user-agent", "twilio-python/9"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_request_headers(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["content-type", "user-agent"]);
+    }
+
+    #[test]
+    fn method_labels_are_bounded() {
+        assert_eq!(method_label(&Method::POST), "POST");
+        assert_eq!(method_label(&Method::from_bytes(b"post").unwrap()), "OTHER");
+    }
+}

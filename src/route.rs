@@ -1,0 +1,414 @@
+//! Routing: which Twilio host a request is for (DESIGN §3), and the refusals that keep the
+//! sidecar from ever being an open proxy.
+//!
+//! The target host is, in order: the host of an absolute-form request target; the `Host` header
+//! (`:authority` in HTTP/2) when it names a Twilio host; a leading path segment naming a Twilio
+//! host (`/verify.twilio.com/v2/…`, which is stripped before forwarding); otherwise
+//! `upstream.default_host`. Only hosts in `upstream.allowed_hosts` are ever returned, and the
+//! upstream address comes from config, never from the request.
+
+use http::request::Parts;
+use http::uri::Authority;
+use http::{header, Method, Version};
+
+use crate::error::ProxyError;
+use crate::twilio_hosts::{is_twilio_name, is_valid_dns_name};
+
+/// Index of an allowed host in [`Hosts`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HostId(u16);
+
+/// `upstream.allowed_hosts`, lower-cased, with stable ids.
+#[derive(Debug, Clone)]
+pub struct Hosts {
+    names: Vec<Box<str>>,
+    /// The same names as URI authorities, built once so forwarding never re-parses them.
+    authorities: Vec<Authority>,
+}
+
+impl Hosts {
+    /// Builds the set; names must be valid DNS names under twilio.com.
+    pub fn new<'a>(names: impl Iterator<Item = &'a str>) -> Result<Hosts, String> {
+        let mut out: Vec<Box<str>> = Vec::new();
+        for name in names {
+            let lower = name.to_ascii_lowercase();
+            if !is_valid_dns_name(&lower) || !is_twilio_name(&lower) {
+                return Err(format!(
+                    "{name:?} is not a Twilio host name (a DNS name under twilio.com)"
+                ));
+            }
+            if !out.iter().any(|n| **n == *lower) {
+                out.push(lower.into());
+            }
+        }
+        if out.len() > u16::MAX as usize {
+            return Err("too many allowed hosts".into());
+        }
+        let authorities = out
+            .iter()
+            .map(|n| Authority::try_from(&**n).map_err(|e| format!("{n:?}: {e}")))
+            .collect::<Result<_, _>>()?;
+        Ok(Hosts {
+            names: out,
+            authorities,
+        })
+    }
+
+    /// The id of `name` (ASCII case-insensitive), if allowed.
+    pub fn lookup(&self, name: &str) -> Option<HostId> {
+        self.names
+            .iter()
+            .position(|n| n.eq_ignore_ascii_case(name))
+            .map(|i| HostId(i as u16))
+    }
+
+    /// The lower-case name of an allowed host.
+    pub fn name(&self, id: HostId) -> &str {
+        &self.names[id.0 as usize]
+    }
+
+    /// The URI authority of an allowed host.
+    pub fn authority(&self, id: HostId) -> &Authority {
+        &self.authorities[id.0 as usize]
+    }
+
+    /// Every allowed host.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.names.iter().map(|n| &**n)
+    }
+}
+
+/// How the target host was found; the paging rewrite needs to know the form the app used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteSource {
+    AbsoluteForm,
+    HostHeader,
+    PathPrefix,
+    Default,
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone, Copy)]
+pub struct Route<'r> {
+    pub host: HostId,
+    /// The raw path to forward (after a stripped host prefix), without the query.
+    pub path: &'r str,
+    pub query: Option<&'r str>,
+    pub source: RouteSource,
+}
+
+/// Routing configuration.
+#[derive(Debug, Clone)]
+pub struct Router {
+    pub hosts: Hosts,
+    pub default_host: HostId,
+}
+
+/// The methods the sidecar forwards; anything else (CONNECT, TRACE, lower-case spellings) is
+/// refused before routing.
+fn forwarded_method(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET
+            | Method::HEAD
+            | Method::POST
+            | Method::PUT
+            | Method::PATCH
+            | Method::DELETE
+            | Method::OPTIONS
+    )
+}
+
+impl Router {
+    /// Decides the target of `req`, or refuses it.
+    pub fn route<'r>(&self, req: &'r Parts) -> Result<Route<'r>, ProxyError> {
+        if !forwarded_method(&req.method) {
+            return Err(ProxyError::MethodNotAllowed(req.method.to_string()));
+        }
+        let uri = &req.uri;
+        let path = uri.path();
+        let query = uri.query();
+
+        let mut host_values = req.headers.get_all(header::HOST).iter();
+        let host_header = host_values.next();
+        if host_values.next().is_some() {
+            return Err(ProxyError::BadTarget("more than one Host header".into()));
+        }
+        let host_header = match host_header {
+            Some(v) => Some(
+                v.to_str()
+                    .map_err(|_| ProxyError::BadTarget("the Host header is not ASCII".into()))?,
+            ),
+            None => None,
+        };
+
+        // In HTTP/1 an authority in the URI means absolute-form; in HTTP/2 it is `:authority`,
+        // which plays the role of Host.
+        let (absolute, host_like) = match uri.authority() {
+            Some(a) if req.version < Version::HTTP_2 => (Some(a.as_str()), host_header),
+            Some(a) => {
+                if let Some(h) = host_header {
+                    if !same_authority_host(h, a.as_str()) {
+                        return Err(ProxyError::BadTarget(":authority and Host disagree".into()));
+                    }
+                }
+                (None, Some(a.as_str()))
+            }
+            None => (None, host_header),
+        };
+
+        if let Some(authority) = absolute {
+            match uri.scheme_str() {
+                Some("http") | Some("https") => {}
+                _ => {
+                    return Err(ProxyError::BadTarget(
+                        "absolute-form targets must use http or https".into(),
+                    ))
+                }
+            }
+            let host = authority_host(authority, true)?;
+            if let Some(h) = host_header {
+                if !same_authority_host(h, authority) {
+                    return Err(ProxyError::BadTarget(format!(
+                        "the absolute-form target names {host} but the Host header disagrees"
+                    )));
+                }
+            }
+            let id = self.allowed(host)?;
+            return Ok(Route {
+                host: id,
+                path,
+                query,
+                source: RouteSource::AbsoluteForm,
+            });
+        }
+
+        if let Some(value) = host_like {
+            let host = authority_host(value, false)?;
+            if is_twilio_name(host) {
+                let id = self.allowed(host)?;
+                return Ok(Route {
+                    host: id,
+                    path,
+                    query,
+                    source: RouteSource::HostHeader,
+                });
+            }
+        }
+
+        // `/verify.twilio.com/v2/...`: the first segment names the host.
+        let rest = path.strip_prefix('/').unwrap_or(path);
+        let (first, remainder) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if first.contains('.') && is_twilio_name(first.trim_end_matches('.')) {
+            if first.ends_with('.') {
+                return Err(ProxyError::BadTarget(format!(
+                    "host {first:?} in the path has a trailing dot"
+                )));
+            }
+            let id = self.allowed(first)?;
+            return Ok(Route {
+                host: id,
+                path: remainder,
+                query,
+                source: RouteSource::PathPrefix,
+            });
+        }
+
+        Ok(Route {
+            host: self.default_host,
+            path,
+            query,
+            source: RouteSource::Default,
+        })
+    }
+
+    fn allowed(&self, host: &str) -> Result<HostId, ProxyError> {
+        self.hosts.lookup(host).ok_or_else(|| {
+            if is_twilio_name(host) {
+                ProxyError::HostNotAllowed(format!(
+                    "host {host} is not in the sidecar's upstream.allowed_hosts"
+                ))
+            } else {
+                ProxyError::HostNotAllowed(format!(
+                    "host {host} is not a Twilio host; twilio-sidecar is not an open proxy"
+                ))
+            }
+        })
+    }
+}
+
+/// The host part of `host[:port]`, validated. Userinfo and trailing dots are refused; in
+/// absolute form only the default ports are accepted, since the upstream port is the sidecar's.
+fn authority_host(authority: &str, absolute: bool) -> Result<&str, ProxyError> {
+    if authority.contains('@') {
+        return Err(ProxyError::BadTarget(
+            "userinfo ('@') in the request target or Host is not accepted".into(),
+        ));
+    }
+    let (host, port) = split_port(authority);
+    if host.is_empty() {
+        return Err(ProxyError::BadTarget("empty host".into()));
+    }
+    if let Some(port) = port {
+        let valid = port.parse::<u16>().is_ok();
+        if !valid || (absolute && port != "80" && port != "443") {
+            return Err(ProxyError::BadTarget(format!(
+                "port {port:?} in the request target is not accepted"
+            )));
+        }
+    }
+    if is_twilio_name(host.trim_end_matches('.')) && host.ends_with('.') {
+        return Err(ProxyError::BadTarget(format!(
+            "host {host:?} has a trailing dot"
+        )));
+    }
+    Ok(host)
+}
+
+fn split_port(authority: &str) -> (&str, Option<&str>) {
+    if authority.starts_with('[') {
+        // IPv6 literal: never a Twilio host, but parse it so the port does not confuse us.
+        return match authority.find(']') {
+            Some(end) => (&authority[..=end], authority[end + 1..].strip_prefix(':')),
+            None => (authority, None),
+        };
+    }
+    match authority.rfind(':') {
+        Some(i) => (&authority[..i], Some(&authority[i + 1..])),
+        None => (authority, None),
+    }
+}
+
+fn same_authority_host(a: &str, b: &str) -> bool {
+    split_port(a).0.eq_ignore_ascii_case(split_port(b).0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router() -> Router {
+        let hosts = Hosts::new(
+            [
+                "api.twilio.com",
+                "verify.twilio.com",
+                "api.dublin.ie1.twilio.com",
+            ]
+            .into_iter(),
+        )
+        .unwrap();
+        Router {
+            default_host: hosts.lookup("api.twilio.com").unwrap(),
+            hosts,
+        }
+    }
+
+    fn req(method: &str, target: &str, hosts: &[&str]) -> Parts {
+        let mut b = http::Request::builder().method(method).uri(target);
+        for h in hosts {
+            b = b.header("host", *h);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    fn host_of(r: &Router, req: &Parts) -> Result<(String, String, RouteSource), u32> {
+        r.route(req)
+            .map(|route| {
+                (
+                    r.hosts.name(route.host).to_string(),
+                    route.path.to_string(),
+                    route.source,
+                )
+            })
+            .map_err(|e| e.code())
+    }
+
+    #[test]
+    fn routing_order() {
+        let r = router();
+        let got = host_of(
+            &r,
+            &req(
+                "GET",
+                "http://verify.twilio.com/v2/Services",
+                &["verify.twilio.com"],
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            (
+                "verify.twilio.com".into(),
+                "/v2/Services".into(),
+                RouteSource::AbsoluteForm
+            )
+        );
+        let got = host_of(&r, &req("GET", "/v2/Services", &["Verify.Twilio.com:443"])).unwrap();
+        assert_eq!(got.0, "verify.twilio.com");
+        assert_eq!(got.2, RouteSource::HostHeader);
+        let got = host_of(
+            &r,
+            &req(
+                "GET",
+                "/verify.twilio.com/v2/Services?x=1",
+                &["127.0.0.1:8080"],
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            (
+                "verify.twilio.com".into(),
+                "/v2/Services".into(),
+                RouteSource::PathPrefix
+            )
+        );
+        let got = host_of(
+            &r,
+            &req("GET", "/2010-04-01/Accounts.json", &["localhost:8080"]),
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            (
+                "api.twilio.com".into(),
+                "/2010-04-01/Accounts.json".into(),
+                RouteSource::Default
+            )
+        );
+        let got = host_of(&r, &req("GET", "/x", &["api.dublin.ie1.twilio.com"])).unwrap();
+        assert_eq!(got.0, "api.dublin.ie1.twilio.com");
+        // A non-Twilio Host that merely starts like one falls through to the default.
+        let got = host_of(&r, &req("GET", "/x", &["api.twilio.com.evil.example"])).unwrap();
+        assert_eq!(got.2, RouteSource::Default);
+    }
+
+    #[test]
+    fn refusals() {
+        let r = router();
+        let code = |m: &str, t: &str, h: &[&str]| host_of(&r, &req(m, t, h)).unwrap_err();
+        assert_eq!(code("GET", "http://evil.example/x", &[]), 79403);
+        assert_eq!(code("GET", "http://lookups.twilio.com/x", &[]), 79403);
+        assert_eq!(code("GET", "/x", &["chat.twilio.com"]), 79403);
+        assert_eq!(code("GET", "/chat.twilio.com/v2/x", &["localhost"]), 79403);
+        assert_eq!(code("GET", "http://u@api.twilio.com/x", &[]), 79401);
+        assert_eq!(code("GET", "http://api.twilio.com:8443/x", &[]), 79401);
+        assert_eq!(
+            code("GET", "http://api.twilio.com/x", &["verify.twilio.com"]),
+            79401
+        );
+        assert_eq!(
+            code("GET", "/x", &["api.twilio.com", "verify.twilio.com"]),
+            79401
+        );
+        assert_eq!(code("GET", "/x", &["api.twilio.com."]), 79401);
+        assert_eq!(code("GET", "/verify.twilio.com./x", &[]), 79401);
+        assert_eq!(code("GET", "ftp://api.twilio.com/x", &[]), 79401);
+        assert_eq!(code("get", "/x", &[]), 79405);
+        assert_eq!(code("CONNECT", "api.twilio.com:443", &[]), 79405);
+        assert_eq!(code("TRACE", "/x", &[]), 79405);
+    }
+}

@@ -1,0 +1,198 @@
+//! The per-generation state every request reads: the admission gate (router, compiled policy,
+//! account list), the accounts' ready-made credentials, and the upstream client, held behind
+//! one `ArcSwap`.
+//!
+//! A request loads the snapshot once at the start and uses it to the end, so a reload that
+//! swaps in a new generation never changes a request half-way. A new state is built completely
+//! (config checked, secrets read, policy compiled, client ready) before it is swapped in; a
+//! failed build leaves the old one serving.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls_pki_types::CertificateDer;
+use serde_json::json;
+
+use crate::config::reader::Diagnostic;
+use crate::config::{Config, ConfigError};
+use crate::credentials::{Account, Credential};
+use crate::gate::Gate;
+use crate::upstream::Upstream;
+
+/// Everything a request needs, for one config generation.
+#[derive(Debug)]
+pub struct State {
+    pub generation: u64,
+    pub gate: Gate,
+    /// In config order, the same order as the gate's account indexes.
+    pub accounts: Vec<Account>,
+    pub upstream: Arc<Upstream>,
+    /// The config this state was built from (secrets are only sources here, never values).
+    pub config: Config,
+    /// Lint warnings found while loading.
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl State {
+    /// Builds a complete state from `config`: reads every secret and policy file, compiles the
+    /// policy, and builds (or, when unchanged, reuses) the upstream client. Every problem is
+    /// reported at once. Blocking: call from a blocking context when on the runtime.
+    pub fn build(
+        config: Config,
+        mut warnings: Vec<Diagnostic>,
+        extra_roots: &[CertificateDer<'static>],
+        previous: Option<&State>,
+    ) -> Result<State, ConfigError> {
+        let file = config
+            .path
+            .as_ref()
+            .map_or_else(|| "<config>".to_string(), |p| p.display().to_string());
+        let mut problems = Vec::new();
+
+        let gate = Gate::build(&config).map_err(|e| problems.extend(e)).ok();
+
+        let mut accounts = Vec::new();
+        for (i, account) in config.accounts.iter().enumerate() {
+            match Credential::load(account, &format!("accounts[{i}].credential")) {
+                Ok(credential) => {
+                    let old =
+                        previous.and_then(|p| p.accounts.iter().find(|a| *a.sid == *account.sid));
+                    let credential_generation = old.map_or(1, |old| {
+                        if old.credential.same_as(&credential) {
+                            old.credential_generation
+                        } else {
+                            old.credential_generation + 1
+                        }
+                    });
+                    accounts.push(Account {
+                        sid: account.sid.as_str().into(),
+                        credential,
+                        credential_generation,
+                    });
+                }
+                Err(errors) => problems.extend(errors),
+            }
+        }
+
+        let upstream = match previous.map(|p| &p.upstream) {
+            // extra_roots are fixed for the life of the process, so they cannot differ here.
+            Some(old) if old.reusable_for(&config.upstream) => Some(old.clone()),
+            _ => match Upstream::new(&config.upstream, extra_roots) {
+                Ok(u) => Some(Arc::new(u)),
+                Err(e) => {
+                    problems.push(Diagnostic {
+                        key: "upstream.ca_file".into(),
+                        message: e.to_string(),
+                    });
+                    None
+                }
+            },
+        };
+
+        match (gate, upstream) {
+            (Some(gate), Some(upstream)) if problems.is_empty() => {
+                if gate.policy.rules().len() > 100 {
+                    warnings.push(Diagnostic {
+                        key: "policy".into(),
+                        message: format!(
+                            "{} rules; a Twilio restricted key holds at most 100 permissions, so no single key can mirror this policy",
+                            gate.policy.rules().len()
+                        ),
+                    });
+                }
+                Ok(State {
+                    generation: previous.map_or(1, |p| p.generation + 1),
+                    gate,
+                    accounts,
+                    upstream,
+                    config,
+                    warnings,
+                })
+            }
+            _ => Err(ConfigError { file, problems }),
+        }
+    }
+
+    /// The effective config for `GET /config`: secrets shown only as their sources.
+    pub fn redacted_view(&self) -> serde_json::Value {
+        let c = &self.config;
+        let accounts: Vec<_> = self
+            .accounts
+            .iter()
+            .zip(&c.accounts)
+            .map(|(account, cfg)| {
+                let sources: serde_json::Map<String, serde_json::Value> = cfg
+                    .credential
+                    .sources()
+                    .into_iter()
+                    .map(|(name, source)| (name.to_string(), source.redacted()))
+                    .collect();
+                json!({
+                    "sid": account.sid,
+                    "default": cfg.default,
+                    "credential": {
+                        "type": account.credential.kind(),
+                        "username": account.credential.username(),
+                        "sources": sources,
+                        "generation": account.credential_generation,
+                    },
+                })
+            })
+            .collect();
+        let hosts = &self.gate.router.hosts;
+        let rules: Vec<_> = self
+            .gate
+            .policy
+            .rules()
+            .iter()
+            .map(|r| json!({ "effect": r.effect.as_str(), "rule": r.text, "normal_form": r.normal_form(hosts) }))
+            .collect();
+        json!({
+            "generation": self.generation,
+            "source": c.path,
+            "listen": { "address": c.listen },
+            "admin": { "address": c.admin },
+            "upstream": {
+                "default_host": c.upstream.default_host,
+                "allowed_hosts": c.upstream.allowed_hosts,
+                "connect_to": c.upstream.connect_to,
+                "ca_file": c.upstream.ca_file,
+                "connect_timeout_ms": c.upstream.connect_timeout.as_millis() as u64,
+                "request_timeout_ms": c.upstream.request_timeout.as_millis() as u64,
+                "pool_idle_timeout_ms": c.upstream.pool_idle_timeout.as_millis() as u64,
+                "pool_max_idle_per_host": c.upstream.pool_max_idle_per_host,
+            },
+            "accounts": accounts,
+            "policy": {
+                "mode": self.gate.policy.mode(),
+                "rules": rules,
+                "files": c.policy.files,
+            },
+            "warnings": self.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// The current state, swapped atomically on reload.
+#[derive(Debug)]
+pub struct SharedState {
+    current: ArcSwap<State>,
+}
+
+impl SharedState {
+    pub fn new(state: State) -> SharedState {
+        SharedState {
+            current: ArcSwap::from_pointee(state),
+        }
+    }
+
+    /// The snapshot a request uses from start to finish.
+    pub fn load(&self) -> Arc<State> {
+        self.current.load_full()
+    }
+
+    /// Swaps in a fully built new state.
+    pub fn store(&self, state: State) {
+        self.current.store(Arc::new(state));
+    }
+}

@@ -1,0 +1,221 @@
+//! The connection to Twilio: a pooled hyper-util client over rustls, verified TLS only.
+//!
+//! Trust is the webpki roots plus `upstream.ca_file`; ALPN offers h2 and http/1.1. With
+//! `upstream.connect_to` every connection goes to that one socket address, but the URI (and so
+//! SNI and certificate name verification) still carries the Twilio host: a stand-in must hold a
+//! certificate for the real name, signed by a CA the sidecar was told to trust.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+
+use crate::config::UpstreamConfig;
+use crate::error::UpstreamFailure;
+
+/// Request and response bodies: streamed from the peer, or built by the sidecar.
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+/// Resolves every Twilio host to `connect_to` when set, else through the system resolver.
+#[derive(Clone, Debug)]
+pub struct Resolver {
+    connect_to: Option<SocketAddr>,
+}
+
+type ResolveFuture =
+    Pin<Box<dyn Future<Output = Result<std::vec::IntoIter<SocketAddr>, io::Error>> + Send>>;
+
+impl tower_service::Service<Name> for Resolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = io::Error;
+    type Future = ResolveFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), io::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        match self.connect_to {
+            Some(addr) => Box::pin(std::future::ready(Ok(vec![addr].into_iter()))),
+            None => {
+                let host = name.as_str().to_string();
+                Box::pin(async move {
+                    // Port 0: the connector fills in the URI's port (443).
+                    let addrs: Vec<SocketAddr> =
+                        tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+                    Ok(addrs.into_iter())
+                })
+            }
+        }
+    }
+}
+
+/// The pooled client and the settings it was built from.
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector<Resolver>>, Body>,
+    request_timeout: Duration,
+    settings: UpstreamConfig,
+    ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamBuildError {
+    #[error("cannot read CA file {path}: {source}")]
+    ReadCa { path: String, source: io::Error },
+    #[error("CA file {path} holds no usable PEM certificate: {reason}")]
+    BadCa { path: String, reason: String },
+}
+
+impl Upstream {
+    /// Builds the client. `extra_roots` are trusted beside the webpki roots and `ca_file`
+    /// (`dev` uses it for its throwaway CA).
+    pub fn new(
+        settings: &UpstreamConfig,
+        extra_roots: &[CertificateDer<'static>],
+    ) -> Result<Upstream, UpstreamBuildError> {
+        let mut roots = RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        let ca_pem = match &settings.ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|source| UpstreamBuildError::ReadCa {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                let bad = |reason: String| UpstreamBuildError::BadCa {
+                    path: path.display().to_string(),
+                    reason,
+                };
+                let mut added = 0;
+                for cert in CertificateDer::pem_slice_iter(&pem) {
+                    let cert = cert.map_err(|e| bad(e.to_string()))?;
+                    roots.add(cert).map_err(|e| bad(e.to_string()))?;
+                    added += 1;
+                }
+                if added == 0 {
+                    return Err(bad("no CERTIFICATE block found".into()));
+                }
+                Some(pem)
+            }
+            None => None,
+        };
+        for cert in extra_roots {
+            // Certificates we generated ourselves; a failure here is a bug, so surface it.
+            roots
+                .add(cert.clone())
+                .map_err(|e| UpstreamBuildError::BadCa {
+                    path: "<built-in>".into(),
+                    reason: e.to_string(),
+                })?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| UpstreamBuildError::BadCa {
+                path: "<tls>".into(),
+                reason: e.to_string(),
+            })?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+
+        let mut http = HttpConnector::new_with_resolver(Resolver {
+            connect_to: settings.connect_to,
+        });
+        // The URI scheme is https; the TLS layer on top enforces it.
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(settings.connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(settings.pool_idle_timeout)
+            .pool_max_idle_per_host(settings.pool_max_idle_per_host)
+            .build(https);
+
+        Ok(Upstream {
+            client,
+            request_timeout: settings.request_timeout,
+            settings: settings.clone(),
+            ca_pem,
+        })
+    }
+
+    /// True when this client can serve `settings` unchanged (same settings, same CA bytes), so a
+    /// reload keeps its warm connection pool.
+    pub fn reusable_for(&self, settings: &UpstreamConfig) -> bool {
+        if self.settings != *settings {
+            return false;
+        }
+        match &settings.ca_file {
+            None => true,
+            Some(path) => std::fs::read(path).ok() == self.ca_pem,
+        }
+    }
+
+    /// Sends `req` (whose URI is `https://{twilio host}{path}`) and waits for the response head.
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, UpstreamFailure> {
+        match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => Err(classify(&e)),
+            Err(_) => Err(UpstreamFailure::Timeout),
+        }
+    }
+}
+
+/// Sorts a client error into the `kind` label by walking its source chain.
+fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamFailure {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = source {
+        if err.downcast_ref::<rustls::Error>().is_some() {
+            return UpstreamFailure::Tls;
+        }
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+            {
+                return UpstreamFailure::Tls;
+            }
+        }
+        source = err.source();
+    }
+    if e.is_connect() {
+        UpstreamFailure::Connect
+    } else {
+        UpstreamFailure::Protocol
+    }
+}
