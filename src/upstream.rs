@@ -196,26 +196,27 @@ impl Upstream {
     }
 }
 
-/// Sorts a client error into the `kind` label by walking its source chain.
+/// Sorts a client error into the `kind` label.
 fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamFailure {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(err) = source {
-        if err.downcast_ref::<rustls::Error>().is_some() {
-            return UpstreamFailure::Tls;
-        }
-        if let Some(io) = err.downcast_ref::<io::Error>() {
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
-            {
-                return UpstreamFailure::Tls;
-            }
-        }
-        source = err.source();
-    }
-    if e.is_connect() {
+    if std::error::Error::source(e).is_some_and(is_tls_error) {
+        UpstreamFailure::Tls
+    } else if e.is_connect() {
         UpstreamFailure::Connect
     } else {
         UpstreamFailure::Protocol
     }
+}
+
+/// True when a rustls error sits anywhere in the chain. `io::Error` wraps its payload in a way
+/// `source()` skips (it returns the payload's source), so look inside it explicitly.
+fn is_tls_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    if err.downcast_ref::<rustls::Error>().is_some() {
+        return true;
+    }
+    if let Some(inner) = err.downcast_ref::<io::Error>().and_then(io::Error::get_ref) {
+        if is_tls_error(inner) {
+            return true;
+        }
+    }
+    err.source().is_some_and(is_tls_error)
 }

@@ -202,7 +202,7 @@ fn read_config(table: &toml::Table, base: &Path, d: &mut Diagnostics) -> Option<
     root.finish(d);
 
     let (listen, admin) = (listen?, admin?);
-    if listen == admin {
+    if listen == admin && listen.port() != 0 {
         d.error("admin.address", "must differ from listen.address");
     }
     for (key, addr) in [("listen.address", listen), ("admin.address", admin)] {

@@ -1,0 +1,287 @@
+//! The binary's commands: config errors, `check`, `validate`, `dev`, and signals.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn good_config(dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::write(dir.join("key_sid"), KEY_SID).unwrap();
+    std::fs::write(dir.join("secret"), SECRET).unwrap();
+    let ctx = Ctx {
+        dir: dir.to_path_buf(),
+        stand_in: "127.0.0.1:9".parse().unwrap(),
+    };
+    // No ca_file: check and validate need none.
+    let text = standard_config(&ctx, "", POLICY).replace("ca_file = \"ca.pem\"\n", "");
+    write(dir, "sidecar.toml", &text)
+}
+
+#[test]
+fn a_bad_config_exits_64_listing_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "bad.toml",
+        r#"
+[listen]
+address = "localhost"
+[upstream]
+default_host = "api.twilio.com.evil.example"
+typo = 1
+[[accounts]]
+sid = "AC123"
+credential = { type = "api_key", key_sid = { file = "missing" } }
+[policy]
+allow = ["POST /a//b", "FETCH /x"]
+"#,
+    );
+    let out = sidecar_command()
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "bad.toml: error: listen.address",
+        "upstream.default_host",
+        "upstream.typo: unknown key",
+        "accounts[0].sid",
+        "accounts[0].credential.secret: missing",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+
+    // Rule errors and unreadable secrets are found at the next stage, all at once too.
+    let path = write(
+        dir.path(),
+        "bad2.toml",
+        &format!(
+            r#"
+[[accounts]]
+sid = "{SID}"
+credential = {{ type = "api_key", key_sid = {{ file = "missing_sid" }}, secret = {{ env = "TS_DEFINITELY_UNSET" }} }}
+[policy]
+allow = ["POST /a//b", "FETCH /x", "/ok"]
+deny = ["GET evil.example.com/x"]
+"#
+        ),
+    );
+    let out = sidecar_command()
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "policy.allow[0]: rule \"POST /a//b\", column 9",
+        "policy.allow[1]: rule \"FETCH /x\", column 1",
+        "policy.deny[0]",
+        "accounts[0].credential.key_sid: cannot read",
+        "accounts[0].credential.secret: environment variable TS_DEFINITELY_UNSET is not set",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn check_explains_decisions_with_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = good_config(dir.path());
+    let run = |method: &str, url: &str| {
+        let out = sidecar_command()
+            .arg("check")
+            .arg("--config")
+            .arg(&config)
+            .args([method, url])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, text) = run(
+        "POST",
+        &format!("https://api.twilio.com/2010-04-01/Accounts/{SID}/Messages.json"),
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("decision: allow"), "{text}");
+    assert!(
+        text.contains("POST /2010-04-01/Accounts/{AccountSid}/Messages.json"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("account:  {SID} (api_key")),
+        "{text}"
+    );
+
+    let (code, text) = run(
+        "POST",
+        "http://127.0.0.1:8080/verify.twilio.com/v2/Services/VA1/Verifications",
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("host:     verify.twilio.com (from the leading path segment)"),
+        "{text}"
+    );
+
+    let (code, text) = run("GET", &format!("/2010-04-01/Accounts/{SID}/Keys.json"));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("decision: deny") && text.contains("deny rule"),
+        "{text}"
+    );
+    assert!(text.contains("70051"), "{text}");
+
+    let (code, text) = run("GET", "/2010-04-01/Accounts/x/../Keys.json");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("79400"), "{text}");
+
+    let (code, text) = run("GET", "http://[bad");
+    assert_eq!(code, Some(2), "{text}");
+    assert!(!text.contains(SECRET));
+}
+
+#[test]
+fn validate_reports_everything_and_exits_accordingly() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = good_config(dir.path());
+    let out = sidecar_command()
+        .arg("validate")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("0 error(s), 1 warning(s); config OK"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warning: accounts[1].credential.type: auth_token"),
+        "{text}"
+    );
+
+    std::fs::remove_file(dir.path().join("secret")).unwrap();
+    let out = sidecar_command()
+        .arg("validate")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{text}");
+    assert!(
+        text.contains("error: accounts[0].credential.secret: cannot read"),
+        "{text}"
+    );
+    // --skip-secrets lints without reading them.
+    let out = sidecar_command()
+        .arg("validate")
+        .arg("--config")
+        .arg(&config)
+        .arg("--skip-secrets")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+}
+
+/// Runs `dev` on free ports, then pastes the curl commands it printed into a shell.
+#[test]
+fn dev_mode_prints_curl_commands_that_work() {
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("curl is needed for this test (the dev banner prints curl commands)");
+    }
+    let mut child = sidecar_command()
+        .args(["dev", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut banner = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !banner.contains("Ctrl-C stops it.") {
+        assert!(Instant::now() < deadline, "no banner: {banner}");
+        let mut line = String::new();
+        if stdout.read_line(&mut line).unwrap() == 0 {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("dev exited early: {banner}\n{err}");
+        }
+        banner.push_str(&line);
+    }
+    // Join continuation lines and pick out the commands.
+    let joined = banner.replace("\\\n", " ");
+    let commands: Vec<&str> = joined
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("curl "))
+        .collect();
+    assert!(commands.len() >= 4, "{banner}");
+    let run = |cmd: &str| {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let allowed = run(commands[0]);
+    let v: serde_json::Value =
+        serde_json::from_str(&allowed).unwrap_or_else(|e| panic!("{e}: {allowed}"));
+    assert_eq!(
+        v["authorization"],
+        format!("Basic {}:[redacted]", twilio_sidecar::dev::DEV_KEY_SID)
+    );
+    assert_eq!(v["sni"], "api.twilio.com");
+    let denied: serde_json::Value = serde_json::from_str(&run(commands[1])).unwrap();
+    assert_eq!(denied["code"], 70051);
+    assert_eq!(denied["status"], 403);
+    let verify: serde_json::Value = serde_json::from_str(&run(commands[2])).unwrap();
+    assert_eq!(verify["host"], "verify.twilio.com");
+    let metrics = run(commands[3]);
+    assert!(
+        metrics.contains("twilio_sidecar_requests_total{decision=\"allow\""),
+        "{metrics}"
+    );
+    assert!(metrics.contains("decision=\"deny\""), "{metrics}");
+
+    // SIGTERM: graceful exit 0.
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert_eq!(status.code(), Some(0));
+            break;
+        }
+        assert!(Instant::now() < deadline, "dev did not exit on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
