@@ -20,6 +20,22 @@ fn good_config(dir: &std::path::Path) -> std::path::PathBuf {
     write(dir, "sidecar.toml", &text)
 }
 
+/// Runs `validate --config PATH ARGS…`: exit code, stdout, stderr.
+fn validate(path: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = sidecar_command()
+        .arg("validate")
+        .arg("--config")
+        .arg(path)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn a_bad_config_exits_64_listing_every_problem() {
     let dir = tempfile::tempdir().unwrap();
@@ -154,19 +170,8 @@ fn check_explains_decisions_with_exit_codes() {
 fn validate_reports_everything_and_exits_accordingly() {
     let dir = tempfile::tempdir().unwrap();
     let config = good_config(dir.path());
-    let out = sidecar_command()
-        .arg("validate")
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, text, err) = validate(&config, &[]);
+    assert_eq!(code, Some(0), "{text}{err}");
     assert!(
         text.contains("0 error(s), 1 warning(s); config OK"),
         "{text}"
@@ -177,27 +182,14 @@ fn validate_reports_everything_and_exits_accordingly() {
     );
 
     std::fs::remove_file(dir.path().join("secret")).unwrap();
-    let out = sidecar_command()
-        .arg("validate")
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{text}");
+    let (code, _, err) = validate(&config, &[]);
+    assert_eq!(code, Some(64), "{err}");
     assert!(
-        text.contains("error: accounts[0].credential.secret: cannot read"),
-        "{text}"
+        err.contains("error: accounts[0].credential.secret: cannot read"),
+        "{err}"
     );
     // --skip-secrets lints without reading them.
-    let out = sidecar_command()
-        .arg("validate")
-        .arg("--config")
-        .arg(&config)
-        .arg("--skip-secrets")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(validate(&config, &["--skip-secrets"]).0, Some(0));
 }
 
 /// Runs `dev` on free ports, then pastes the curl commands it printed into a shell.
@@ -283,5 +275,16 @@ fn dev_mode_prints_curl_commands_that_work() {
         }
         assert!(Instant::now() < deadline, "dev did not exit on SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The example configs in the repository stay valid.
+#[test]
+fn shipped_example_configs_validate() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for example in ["config/sidecar.toml", "deploy/systemd/sidecar.toml"] {
+        let (code, text, err) = validate(&root.join(example), &["--skip-secrets"]);
+        assert_eq!(code, Some(0), "{example}: {text}{err}");
+        assert!(text.contains("0 error(s)"), "{text}");
     }
 }

@@ -575,3 +575,55 @@ async fn admin_endpoints() {
     let resp = h.send("GET", "/metrics", &[], b"").await;
     assert_eq!(resp.twilio_error(403), 70051);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_reload_swaps_policy_and_keeps_the_old_state_on_error() {
+    let h = Harness::start().await;
+    let config_path = h.dir.path().join("sidecar.toml");
+    let post_reload = || async {
+        let req = format!(
+            "POST /reload HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            h.admin
+        );
+        raw_request(h.admin, req.as_bytes()).await
+    };
+    assert_eq!(h.send("GET", "/v2/Nope", &[], b"").await.status, 403);
+
+    // Allow /v2/Nope and rotate the secret: both apply after the reload.
+    let text = std::fs::read_to_string(&config_path).unwrap();
+    std::fs::write(
+        &config_path,
+        text.replace("allow = [", "allow = [\n  \"GET /v2/Nope\","),
+    )
+    .unwrap();
+    std::fs::write(h.dir.path().join("secret"), "rotated-secret-value-0001\n").unwrap();
+    let resp = post_reload().await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.json()["generation"], 2);
+    assert_eq!(h.send("GET", "/v2/Nope", &[], b"").await.status, 200);
+    assert_eq!(
+        h.stand_in
+            .requests()
+            .last()
+            .unwrap()
+            .header_values("authorization"),
+        vec![basic(KEY_SID, "rotated-secret-value-0001")]
+    );
+    let m = h.metrics().await;
+    assert!(m.contains("twilio_sidecar_state_generation 2"), "{m}");
+    assert!(m.contains(r#"twilio_sidecar_credential_generation{account="AC00000000000000000000000000000001"} 2"#), "{m}");
+    assert!(m.contains(r#"twilio_sidecar_credential_generation{account="AC00000000000000000000000000000002"} 1"#), "{m}");
+
+    // A broken config is refused; the previous state keeps serving.
+    std::fs::write(&config_path, "this is not [valid toml").unwrap();
+    let resp = post_reload().await;
+    assert_eq!(resp.status, 422);
+    assert_eq!(resp.json()["generation"], 2);
+    assert_eq!(h.send("GET", "/v2/Nope", &[], b"").await.status, 200);
+    let m = h.metrics().await;
+    assert!(
+        m.contains(r#"twilio_sidecar_config_reloads_total{result="failure",trigger="admin"} 1"#),
+        "{m}"
+    );
+    assert!(!resp.text().contains("rotated-secret-value-0001"));
+}

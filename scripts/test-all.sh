@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need, then runs them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+have() { command -v "$1" >/dev/null 2>&1; }
+apt_install() {
+  if have apt-get; then
+    if [ "$(id -u)" = 0 ]; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    else
+      sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    fi
+  else
+    echo "test-all: please install: $*" >&2
+    exit 1
+  fi
+}
+
+# The dev-mode test pastes the curl commands `twilio-sidecar dev` prints into a shell.
+have curl || apt_install curl
+
+cargo test --locked
