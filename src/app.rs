@@ -69,7 +69,7 @@ impl Sidecar {
         for w in &state.warnings {
             warn!(warning = %w, "config warning");
         }
-        publish_state_metrics(&metrics, &state, "startup");
+        publish_state_metrics(&metrics, &state, None, "startup");
 
         let bind = |what: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)

@@ -6,10 +6,12 @@ use std::path::Path;
 
 use http::{header, HeaderValue, Method, Request, Uri};
 
+use crate::catalogue;
 use crate::config::reader::Diagnostic;
 use crate::config::{Config, CredentialConfig, SecretSource, EXIT_CONFIG};
 use crate::gate::{Gate, Trace};
 use crate::policy::Verdict;
+use crate::request_path::CanonicalPath;
 use crate::route::RouteSource;
 use crate::state::State;
 use crate::twilio_hosts::is_twilio_name;
@@ -59,15 +61,30 @@ pub fn check(config_path: &Path, method: &str, url: &str) -> (String, i32) {
         let _ = writeln!(out, "host:     {}{source}", hosts.name(host));
         let path = parts.uri.path().get(trace.path_offset..).unwrap_or("");
         let _ = writeln!(out, "path:     {path}");
+        if let Ok(canonical) = CanonicalPath::parse(path) {
+            let operation = catalogue::find(
+                parts.method.as_str(),
+                hosts.name(host),
+                canonical.segment_array().as_slice(),
+            );
+            let _ = match operation {
+                Some(op) => writeln!(
+                    out,
+                    "operation: {} {} ({} {})",
+                    op.spec, op.id, op.method, op.template
+                ),
+                None => writeln!(out, "operation: none in Twilio's API catalogue"),
+            };
+        }
     }
     if let Some(decision) = trace.decision {
         let rule = match decision.verdict {
-            Verdict::Allow { .. } => {
-                format!("allow rule {:?}", gate.policy.rule_label(decision.verdict))
-            }
-            Verdict::Deny { .. } => {
-                format!("deny rule {:?}", gate.policy.rule_label(decision.verdict))
-            }
+            Verdict::Allow { rule } | Verdict::Deny { rule } => format!(
+                "{} rule {:?} ({})",
+                gate.policy.rules()[rule as usize].effect.as_str(),
+                gate.policy.rule_label(decision.verdict),
+                gate.rule_origin(rule as usize)
+            ),
             Verdict::NoMatch => "no allow rule matches (default deny)".to_string(),
         };
         let _ = writeln!(out, "rule:     {rule}");
@@ -168,7 +185,10 @@ pub fn validate(config_path: &Path, skip_secrets: bool) -> (String, i32) {
     };
     let errors: Vec<Diagnostic> = if skip_secrets {
         match Gate::build(&config) {
-            Ok(_) => Vec::new(),
+            Ok(gate) => {
+                warnings.extend(gate.lint());
+                Vec::new()
+            }
             Err(problems) => problems,
         }
     } else {

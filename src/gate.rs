@@ -21,6 +21,8 @@ pub struct Gate {
     /// Configured account SIDs, in config order.
     sids: Vec<Box<str>>,
     default_account: usize,
+    /// Where each rule came from (`policy.allow[2]`, a policy file…), in `policy.rules()` order.
+    origins: Vec<String>,
 }
 
 /// A request that passed phases 1–4.
@@ -150,6 +152,11 @@ impl Gate {
                 policy,
                 default_account: config.accounts.iter().position(|a| a.default).unwrap_or(0),
                 sids,
+                origins: allow
+                    .into_iter()
+                    .chain(deny)
+                    .map(|(origin, _)| origin)
+                    .collect(),
             }),
             _ => Err(problems),
         }
@@ -200,6 +207,25 @@ impl Gate {
             decision,
             account,
         })
+    }
+
+    /// Policy lint warnings (see [`crate::policy::lint`]), keyed by where each rule came from.
+    pub fn lint(&self) -> Vec<Diagnostic> {
+        crate::policy::lint::lint(&self.policy, &self.router.hosts)
+            .into_iter()
+            .map(|f| Diagnostic {
+                key: f
+                    .rule
+                    .and_then(|i| self.origins.get(i).cloned())
+                    .unwrap_or_else(|| "policy".to_string()),
+                message: f.message,
+            })
+            .collect()
+    }
+
+    /// Where rule `index` (in `policy.rules()` order) came from.
+    pub fn rule_origin(&self, index: usize) -> &str {
+        self.origins.get(index).map_or("policy", String::as_str)
     }
 
     /// The SID of account `index`.

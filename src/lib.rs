@@ -15,20 +15,21 @@
 //! - [`gate`]: phases 1–4 as pure functions (shared with `check`).
 //! - [`route`]: which allowed Twilio host a request is for; never an open proxy.
 //! - [`request_path`]: canonical-or-refuse path parsing, decoded once.
-//! - [`policy`]: the rule language ([`policy::rule`]) and its compiled matcher.
+//! - [`policy`]: the rule language ([`policy::rule`]), its compiled matcher and its lint.
 //! - [`credentials`]: each account's ready-made `Authorization` header.
 //! - [`upstream`]: pooled hyper-util client over rustls; `connect_to` override.
 //! - [`error`]: Twilio-shaped JSON errors and their codes.
 //!
 //! Beside it: [`config`] (TOML in, every problem at once), [`state`] (the arc-swapped
 //! per-generation snapshot), [`reload`], [`admin`] (metrics, health, config), [`metrics`],
-//! [`app`] (wiring), [`commands`] (`check`, `validate`), [`dev`] with its [`stand_in`] for
+//! [`app`] (wiring), [`commands`] (`check`, `validate`), [`catalogue`] (Twilio's operations), [`dev`] with its [`stand_in`] for
 //! Twilio, [`telemetry`] (logging) and [`twilio_hosts`].
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod app;
+pub mod catalogue;
 pub mod commands;
 pub mod config;
 pub mod credentials;

@@ -22,6 +22,9 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     /// Upstream latency (request sent to response head), by host.
     pub upstream_duration: HistogramVec,
+    /// Times each rule decided a request, by effect and rule text; every rule of the current
+    /// policy is present, at zero until it first decides, so unused rules stand out.
+    pub rule_hits: IntCounterVec,
     /// Requests being handled now.
     pub in_flight: IntGauge,
     /// Upstream failures by host and kind (connect, tls, timeout, protocol).
@@ -69,6 +72,13 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["host"],
         )?;
+        let rule_hits = IntCounterVec::new(
+            Opts::new(
+                "policy_rule_hits_total",
+                "Requests each policy rule decided (allowed, or denied, in either mode).",
+            ),
+            &["effect", "rule"],
+        )?;
         let in_flight = IntGauge::new("in_flight_requests", "Requests being handled now.")?;
         let upstream_errors = IntCounterVec::new(
             Opts::new(
@@ -110,6 +120,7 @@ impl Metrics {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
+        registry.register(Box::new(rule_hits.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(credential_generation.clone()))?;
@@ -127,6 +138,7 @@ impl Metrics {
             requests,
             request_duration,
             upstream_duration,
+            rule_hits,
             in_flight,
             upstream_errors,
             credential_generation,

@@ -31,6 +31,7 @@ use tracing::{info, warn};
 use crate::error::{ProxyError, UpstreamFailure};
 use crate::gate::{Gate, Trace};
 use crate::metrics::Metrics;
+use crate::policy::Verdict;
 use crate::route::RouteSource;
 use crate::state::{SharedState, State};
 use crate::upstream::Body;
@@ -200,6 +201,13 @@ impl Proxy {
         if let Some(decision) = trace.decision {
             record.decision = decision.label();
             record.rule = state.gate.policy.rule_label(decision.verdict);
+            if let Verdict::Allow { rule } | Verdict::Deny { rule } = decision.verdict {
+                let effect = state.gate.policy.rules()[rule as usize].effect.as_str();
+                self.metrics
+                    .rule_hits
+                    .with_label_values(&[effect, record.rule])
+                    .inc();
+            }
         }
         let admission = admitted?;
         let account = &state.accounts[admission.account];

@@ -91,7 +91,7 @@ impl Reloader {
                     warn!(warning = %w, "config warning");
                 }
                 let generation = state.generation;
-                self.publish(&state, trigger);
+                publish_state_metrics(&self.metrics, &state, Some(&previous), trigger);
                 self.shared.store(state);
                 info!(generation, trigger, "config reloaded");
                 Ok(generation)
@@ -106,16 +106,39 @@ impl Reloader {
             }
         }
     }
-
-    /// Updates the state-derived metrics for a state about to serve.
-    pub fn publish(&self, state: &State, trigger: &'static str) {
-        publish_state_metrics(&self.metrics, state, trigger);
-    }
 }
 
-/// Sets generation gauges and counts a successful load.
-pub fn publish_state_metrics(metrics: &Metrics, state: &State, trigger: &'static str) {
+/// Sets generation gauges, lines the per-rule counters up with the new policy (rules that are
+/// gone are dropped, new ones appear at zero, unchanged ones keep counting) and counts a
+/// successful load.
+pub fn publish_state_metrics(
+    metrics: &Metrics,
+    state: &State,
+    previous: Option<&State>,
+    trigger: &'static str,
+) {
     metrics.state_generation.set(state.generation as i64);
+    let labels = |s: &State| -> Vec<(&'static str, String)> {
+        s.gate
+            .policy
+            .rules()
+            .iter()
+            .map(|r| (r.effect.as_str(), r.text.to_string()))
+            .collect()
+    };
+    let current = labels(state);
+    if let Some(previous) = previous {
+        for (effect, text) in labels(previous) {
+            if !current.iter().any(|(e, t)| *e == effect && *t == text) {
+                let _ = metrics.rule_hits.remove_label_values(&[effect, &text]);
+            }
+        }
+    }
+    for (effect, text) in &current {
+        metrics
+            .rule_hits
+            .with_label_values(&[effect, text.as_str()]);
+    }
     for account in state.accounts.iter() {
         metrics
             .credential_generation

@@ -168,7 +168,8 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-/// Bytes that may not appear raw in a path.
+/// Bytes that may not appear raw in a path: everything outside RFC 3986 `pchar` and `/`
+/// (servers disagree on what to do with them), plus `;`, which some servers split on.
 fn check_raw(b: u8) -> Result<(), PathError> {
     match b {
         b'\\' => Err(PathError::ForbiddenByte("a backslash")),
@@ -181,6 +182,9 @@ fn check_raw(b: u8) -> Result<(), PathError> {
         0x80..=0xff => Err(PathError::ForbiddenByte(
             "a raw non-ASCII byte (percent-encode it)",
         )),
+        b'"' | b'<' | b'>' | b'^' | b'`' | b'{' | b'}' | b'|' | b'[' | b']' => Err(
+            PathError::ForbiddenByte("a character that must be percent-encoded in a path"),
+        ),
         _ => Ok(()),
     }
 }
@@ -257,7 +261,8 @@ mod tests {
             assert!(matches!(refused(p), PathError::ForbiddenEncoded(_)), "{p}");
         }
         for p in [
-            "/a\\b", "/a;b", "/a..;/b", "/a#b", "/a\tb", "/a b", "/a\u{e9}",
+            "/a\\b", "/a;b", "/a..;/b", "/a#b", "/a\tb", "/a b", "/a\u{e9}", "/a\"b", "/a{b}",
+            "/a|b", "/a^b", "/a`b", "/a<b>", "/a[0]",
         ] {
             assert!(matches!(refused(p), PathError::ForbiddenByte(_)), "{p}");
         }

@@ -91,15 +91,7 @@ impl State {
 
         match (gate, upstream) {
             (Some(gate), Some(upstream)) if problems.is_empty() => {
-                if gate.policy.rules().len() > 100 {
-                    warnings.push(Diagnostic {
-                        key: "policy".into(),
-                        message: format!(
-                            "{} rules; a Twilio restricted key holds at most 100 permissions, so no single key can mirror this policy",
-                            gate.policy.rules().len()
-                        ),
-                    });
-                }
+                warnings.extend(gate.lint());
                 Ok(State {
                     generation: previous.map_or(1, |p| p.generation + 1),
                     gate,

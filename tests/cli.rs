@@ -288,3 +288,54 @@ fn shipped_example_configs_validate() {
         assert!(text.contains("0 error(s)"), "{text}");
     }
 }
+
+#[test]
+fn validate_lints_the_policy_against_twilios_catalogue() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "extra.json",
+        r#"{"allow": ["GET lookups.twilio.com /v2/PhoneNumber/*"]}"#,
+    );
+    let mut rules: Vec<String> = vec![
+        "POST /2010-04-01/Accounts/{AccountSid}/Mesages.json".into(),
+        "GET /v1/Services/*".into(),
+        "GET /2010-04-01/Accounts/{AccountSid}/Keys/*".into(),
+    ];
+    rules.extend(
+        (0..98).map(|i| format!("GET /2010-04-01/Accounts/{{AccountSid}}/Messages/SM{i}.json")),
+    );
+    let allow = rules
+        .iter()
+        .map(|r| format!("{r:?}"))
+        .collect::<Vec<_>>()
+        .join(",\n");
+    let path = write(
+        dir.path(),
+        "lint.toml",
+        &format!(
+            r#"
+[[accounts]]
+sid = "{SID}"
+credential = {{ type = "auth_token", token = {{ env = "UNSET_FOR_SKIP" }} }}
+[policy]
+allow = [{allow}]
+deny = ["* /2010-04-01/Accounts/{{AccountSid}}/Keys*"]
+files = ["extra.json"]
+"#
+        ),
+    );
+    let (code, text, err) = validate(&path, &["--skip-secrets"]);
+    assert_eq!(code, Some(0), "{text}{err}");
+    for needle in [
+        "warning: policy: 103 rules: a Twilio restricted key holds at most 100 permissions",
+        "warning: policy.allow[0]: allow rule \"POST /2010-04-01/Accounts/{AccountSid}/Mesages.json\" matches no operation",
+        "warning: policy.allow[1]: hostless allow rule \"GET /v1/Services/*\" matches operations on",
+        "warning: policy.allow[2]: allow rule \"GET /2010-04-01/Accounts/{AccountSid}/Keys/*\" never allows anything: deny rule",
+        "policy.files[0]",
+        "GET lookups.twilio.com /v2/PhoneNumber/*\" matches no operation in Twilio's API catalogue on lookups.twilio.com",
+        "warning: accounts[0].credential.type: auth_token",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+}

@@ -627,3 +627,56 @@ async fn admin_reload_swaps_policy_and_keeps_the_old_state_on_error() {
     );
     assert!(!resp.text().contains("rotated-secret-value-0001"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_mode_forwards_would_be_denials_and_counts_them() {
+    let h = Harness::start_with(|ctx| {
+        standard_config(
+            ctx,
+            "",
+            &POLICY.replace("[policy]", "[policy]\nmode = \"audit\""),
+        )
+    })
+    .await;
+    // Every rule is listed at zero before any traffic.
+    let m = h.metrics().await;
+    assert!(m.contains(r#"twilio_sidecar_policy_rule_hits_total{effect="deny",rule="* /2010-04-01/Accounts/{AccountSid}/Keys*"} 0"#), "{m}");
+
+    assert_eq!(h.send("GET", "/v2/Nope", &[], b"").await.status, 200);
+    assert_eq!(
+        h.send(
+            "GET",
+            &format!("/2010-04-01/Accounts/{SID}/Keys.json"),
+            &[],
+            b""
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        h.send("POST", &messages_path(SID), &[], b"").await.status,
+        200
+    );
+    // Refusals are not policy decisions: audit mode never forwards a non-canonical path.
+    assert_eq!(
+        h.send("GET", "/a/../b", &[], b"").await.twilio_error(400),
+        79400
+    );
+    assert_eq!(h.stand_in.requests().len(), 3);
+
+    let m = h.metrics().await;
+    for line in [
+        r#"twilio_sidecar_requests_total{decision="audit_deny",host="api.twilio.com",method="GET",rule="default-deny",status="200"} 1"#,
+        r#"twilio_sidecar_requests_total{decision="audit_deny",host="api.twilio.com",method="GET",rule="* /2010-04-01/Accounts/{AccountSid}/Keys*",status="200"} 1"#,
+        r#"twilio_sidecar_requests_total{decision="allow",host="api.twilio.com",method="POST",rule="POST /2010-04-01/Accounts/{AccountSid}/Messages.json",status="200"} 1"#,
+        r#"twilio_sidecar_policy_rule_hits_total{effect="deny",rule="* /2010-04-01/Accounts/{AccountSid}/Keys*"} 1"#,
+        r#"twilio_sidecar_policy_rule_hits_total{effect="allow",rule="POST /2010-04-01/Accounts/{AccountSid}/Messages.json"} 1"#,
+        r#"twilio_sidecar_policy_rule_hits_total{effect="allow",rule="GET lookups.twilio.com /v2/PhoneNumbers/*"} 0"#,
+    ] {
+        assert!(m.contains(line), "missing {line}\n{m}");
+    }
+    let logs = h.logs_after("Keys.json").await.join("\n");
+    assert!(logs.contains("would be denied in enforce mode"), "{logs}");
+    assert!(logs.contains(r#""decision":"audit_deny""#), "{logs}");
+}

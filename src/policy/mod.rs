@@ -6,6 +6,7 @@
 //! denial is forwarded anyway and reported as `audit_deny`, so a policy can be rolled out
 //! without breaking production.
 
+pub mod lint;
 pub mod matcher;
 pub mod rule;
 
@@ -155,6 +156,11 @@ impl Policy {
     /// Every rule, allow rules first.
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    /// The configured account SIDs `{AccountSid}` stands for.
+    pub fn account_sids(&self) -> &[Box<str>] {
+        &self.sids
     }
 
     /// `enforce` or `audit`.

@@ -55,6 +55,11 @@ impl MethodSet {
         self.0 & bit != 0
     }
 
+    /// True when every method in `self` is also in `other`.
+    pub fn is_subset_of(self, other: MethodSet) -> bool {
+        self.0 & !other.0 == 0
+    }
+
     /// True when every method is in the set.
     pub fn is_all(self) -> bool {
         self == Self::ALL

@@ -125,9 +125,10 @@ impl Harness {
 
     /// A config built by `make` (it may write more files into `ctx.dir`).
     pub async fn start_with(make: impl FnOnce(&Ctx) -> String) -> Harness {
-        let stand_in = StandIn::start(&TWILIO_PRODUCT_HOSTS)
-            .await
-            .expect("stand-in");
+        // The product hosts plus an edge host, as a region/edge deployment would use.
+        let mut names = TWILIO_PRODUCT_HOSTS.to_vec();
+        names.push("api.dublin.ie1.twilio.com");
+        let stand_in = StandIn::start(&names).await.expect("stand-in");
         Self::start_against(stand_in, make).await
     }
 
