@@ -1,12 +1,14 @@
-//! One policy decision against a 100-rule policy, and the whole admission (route, canonical
-//! path, policy, account) for one request.
+//! One policy decision against a 100-rule policy, beside a naive baseline (a `regex::RegexSet`
+//! built from the same rules, matched against `"METHOD HOST /decoded/path"`), and the whole
+//! admission (route, canonical path, policy, account) for one request.
 //!
-//! Run: `cargo bench --bench policy`.
+//! Run: `cargo bench --bench policy`. Both sides include the canonical path parse.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::Request;
+use regex::RegexSet;
 use twilio_sidecar::config::Config;
 use twilio_sidecar::gate::{Gate, Trace};
 use twilio_sidecar::policy::{Mode, Policy};
@@ -69,6 +71,48 @@ fn hundred_rules() -> (Vec<String>, Vec<String>) {
     (allow, deny)
 }
 
+/// The naive way: one anchored regex per rule over `"METHOD HOST /path"`.
+fn rule_regex(rule: &str) -> String {
+    let mut words: Vec<&str> = rule.split_whitespace().collect();
+    let pattern = words.pop().unwrap();
+    let (host, pattern) = match pattern.find('/') {
+        Some(0) => (words.iter().find(|w| w.contains('.')).copied(), pattern),
+        Some(i) => (Some(&pattern[..i]), &pattern[i..]),
+        None => unreachable!(),
+    };
+    let methods = words
+        .iter()
+        .find(|w| !w.contains('.'))
+        .filter(|m| **m != "*")
+        .map_or("[A-Z]+".to_string(), |m| {
+            format!("(?:{})", m.replace(',', "|"))
+        });
+    let host = host.map_or("[^ ]+".to_string(), regex::escape);
+    let mut path = String::new();
+    let mut rest = pattern;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix("{AccountSid}") {
+            path.push_str(&format!("(?-i:{SID})"));
+            rest = r;
+        } else if rest.starts_with('{') {
+            let end = rest.find('}').unwrap();
+            path.push_str("[^/]+");
+            rest = &rest[end + 1..];
+        } else if rest == "*" {
+            path.push_str(".*");
+            rest = "";
+        } else if let Some(r) = rest.strip_prefix('*') {
+            path.push_str("[^/]*");
+            rest = r;
+        } else {
+            let c = rest.chars().next().unwrap();
+            path.push_str(&regex::escape(&c.to_string()));
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    format!("^{methods} {host} (?i:{path})$")
+}
+
 fn bench(c: &mut Criterion) {
     let hosts = Hosts::new(TWILIO_PRODUCT_HOSTS.iter().copied()).unwrap();
     let (allow, deny) = hundred_rules();
@@ -113,12 +157,29 @@ fn bench(c: &mut Criterion) {
             http::Method::GET,
         ),
     ];
+    let allow_set = RegexSet::new(allow.iter().map(|r| rule_regex(r))).unwrap();
+    let deny_set = RegexSet::new(deny.iter().map(|r| rule_regex(r))).unwrap();
     let mut group = c.benchmark_group("policy decision (100 rules)");
     for (name, host, path, method) in &cases {
-        group.bench_function(*name, |b| {
+        let p = CanonicalPath::parse(path).unwrap();
+        let trie = policy
+            .decide(method, *host, p.segment_array().as_slice())
+            .forward;
+        let subject = format!("{method} {} {}", hosts.name(*host), p.decoded());
+        let naive = allow_set.is_match(&subject) && !deny_set.is_match(&subject);
+        assert_eq!(trie, naive, "baseline disagrees on {name}");
+
+        group.bench_function(format!("trie: {name}"), |b| {
             b.iter(|| {
                 let p = CanonicalPath::parse(black_box(path)).unwrap();
                 black_box(policy.decide(method, *host, p.segment_array().as_slice()))
+            })
+        });
+        group.bench_function(format!("RegexSet baseline: {name}"), |b| {
+            b.iter(|| {
+                let p = CanonicalPath::parse(black_box(path)).unwrap();
+                let subject = format!("{method} {} {}", hosts.name(*host), p.decoded());
+                black_box(allow_set.is_match(&subject) && !deny_set.is_match(&subject))
             })
         });
     }

@@ -20,4 +20,9 @@ apt_install() {
 # The dev-mode test pastes the curl commands `twilio-sidecar dev` prints into a shell.
 have curl || apt_install curl
 
+# The committed operation catalogue must match Twilio's specs, where they are present.
+if [ -d ../shared/twilio-oai/spec/json ]; then
+  python3 scripts/gen_catalogue.py --check
+fi
+
 cargo test --locked

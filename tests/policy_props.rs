@@ -23,7 +23,11 @@ struct RuleSpec {
 
 impl RuleSpec {
     fn text(&self) -> String {
-        let methods = if self.methods.is_empty() { "*".to_string() } else { self.methods.join(",") };
+        let methods = if self.methods.is_empty() {
+            "*".to_string()
+        } else {
+            self.methods.join(",")
+        };
         match self.host {
             Some(h) => format!("{methods} {h}{}", self.pattern),
             None => format!("{methods} {}", self.pattern),
@@ -65,16 +69,22 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
             return true; // final star: the rest of the path
         }
         // within one segment: any run without '/'
-        return (0..=s.len()).take_while(|&i| i == 0 || s[i - 1] != b'/').any(|i| glob(&p[1..], &s[i..]));
+        return (0..=s.len())
+            .take_while(|&i| i == 0 || s[i - 1] != b'/')
+            .any(|i| glob(&p[1..], &s[i..]));
     }
     if p[0] == b'{' {
         let end = p.iter().position(|&c| c == b'}').unwrap();
         let name = &p[1..end];
         let rest = &p[end + 1..];
         if name == b"AccountSid" {
-            return [SID].iter().any(|sid| s.starts_with(sid.as_bytes()) && glob(rest, &s[sid.len()..]));
+            return [SID]
+                .iter()
+                .any(|sid| s.starts_with(sid.as_bytes()) && glob(rest, &s[sid.len()..]));
         }
-        return (1..=s.len()).take_while(|&i| s[i - 1] != b'/').any(|i| glob(rest, &s[i..]));
+        return (1..=s.len())
+            .take_while(|&i| s[i - 1] != b'/')
+            .any(|i| glob(rest, &s[i..]));
     }
     !s.is_empty() && p[0].eq_ignore_ascii_case(&s[0]) && glob(&p[1..], &s[1..])
 }
@@ -119,9 +129,16 @@ fn rule() -> impl Strategy<Value = RuleSpec> {
         proptest::collection::vec(segment(), 1..5),
     )
         .prop_filter("'**' is not a pattern", |(_, _, segs)| {
-            !segs.join("/").contains("**") && !segs.iter().any(|s| s.contains("}{") || s.contains("*{") || s.contains("}*"))
+            !segs.join("/").contains("**")
+                && !segs
+                    .iter()
+                    .any(|s| s.contains("}{") || s.contains("*{") || s.contains("}*"))
         })
-        .prop_map(|(methods, host, segs)| RuleSpec { methods, host, pattern: format!("/{}", segs.join("/")) })
+        .prop_map(|(methods, host, segs)| RuleSpec {
+            methods,
+            host,
+            pattern: format!("/{}", segs.join("/")),
+        })
 }
 
 fn path_segment() -> impl Strategy<Value = String> {

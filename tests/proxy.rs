@@ -547,12 +547,35 @@ async fn http2_prior_knowledge_from_the_app() {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["authorization"], format!("Basic {KEY_SID}:[redacted]"));
     }
+    // In HTTP/2 :authority plays Host's role: a Host header that disagrees is refused, and a
+    // Twilio :authority routes like a Host header.
+    let conflicting = http::Request::builder()
+        .method("POST")
+        .uri("http://verify.twilio.com/v2/Services/VA1/Verifications")
+        .header("host", "lookups.twilio.com")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(conflicting).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let routed = http::Request::builder()
+        .method("POST")
+        .uri("http://verify.twilio.com/v2/Services/VA1/Verifications")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(sender.send_request(routed).await.unwrap().status(), 200);
+    assert_eq!(
+        h.stand_in.requests().last().unwrap().sni.as_deref(),
+        Some("verify.twilio.com")
+    );
+
     let got = h.stand_in.requests();
-    assert_eq!(got.len(), 3);
+    assert_eq!(got.len(), 4);
     assert!(got
         .iter()
         .all(|r| r.header_values("authorization") == vec![expected_authorization()]));
-    assert!(got.iter().all(|r| r.body == Bytes::from_static(b"Body=h2")));
+    assert!(got[..3]
+        .iter()
+        .all(|r| r.body == Bytes::from_static(b"Body=h2")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
