@@ -12,6 +12,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use serde_json::json;
 
+use crate::credentials::Credential;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::state::SharedState;
@@ -43,11 +44,14 @@ impl Admin {
 
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         match (req.method(), req.uri().path()) {
-            (&Method::GET, "/metrics") => respond(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                Bytes::from(self.metrics.encode()),
-            ),
+            (&Method::GET, "/metrics") => {
+                self.refresh_scrape_time_gauges();
+                respond(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    Bytes::from(self.metrics.encode()),
+                )
+            }
             (&Method::GET, "/livez") => json_response(StatusCode::OK, &json!({ "status": "ok" })),
             (&Method::GET, "/readyz") => self.readyz(),
             (&Method::GET, "/config") => {
@@ -78,6 +82,23 @@ impl Admin {
         }
     }
 
+    /// Gauges that depend on "now": set just before a scrape.
+    fn refresh_scrape_time_gauges(&self) {
+        let state = self.state.load();
+        for account in &state.accounts {
+            if let Credential::OAuth(cache) = &account.credential {
+                let gauge = self
+                    .metrics
+                    .oauth_seconds_until_expiry
+                    .with_label_values(&[&account.sid]);
+                match cache.seconds_until_expiry() {
+                    Some(s) => gauge.set(s),
+                    None => gauge.set(0.0),
+                }
+            }
+        }
+    }
+
     /// Ready when not draining and every account has a credential it can attach now.
     fn readyz(&self) -> Response<Body> {
         let state = self.state.load();
@@ -85,9 +106,9 @@ impl Admin {
         let accounts: Vec<_> = state
             .accounts
             .iter()
-            .map(|a| json!({ "sid": a.sid, "credential": a.credential.kind(), "usable": true }))
+            .map(|a| json!({ "sid": a.sid, "credential": a.credential.kind(), "usable": a.credential.usable() }))
             .collect();
-        let ready = !draining;
+        let ready = !draining && state.all_credentials_usable();
         let status = if ready {
             StatusCode::OK
         } else {
@@ -96,7 +117,7 @@ impl Admin {
         json_response(
             status,
             &json!({
-                "status": if ready { "ready" } else { "draining" },
+                "status": if draining { "draining" } else if ready { "ready" } else { "no usable credential" },
                 "generation": state.generation,
                 "accounts": accounts,
             }),

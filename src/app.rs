@@ -70,6 +70,8 @@ impl Sidecar {
             warn!(warning = %w, "config warning");
         }
         publish_state_metrics(&metrics, &state, None, "startup");
+        // OAuth token caches begin fetching now, before the listeners accept anything.
+        state.start_background(&metrics);
 
         let bind = |what: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)

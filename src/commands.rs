@@ -165,6 +165,15 @@ fn describe_credential(c: &CredentialConfig) -> String {
             )
         }
         CredentialConfig::AuthToken { token } => format!("auth_token from {}", from(token)),
+        CredentialConfig::OAuth2 {
+            client_id,
+            client_secret,
+            token_url,
+        } => format!(
+            "oauth2: client id from {}, client secret from {}, tokens from {token_url}",
+            from(client_id),
+            from(client_secret)
+        ),
     }
 }
 

@@ -9,10 +9,12 @@
 //! | 70051 | 403 | the sidecar's policy refused the request (what a restricted key lacking the permission gets) |
 //! | 79400 | 400 | the request path is not canonical (dot segments, `//`, encoded `/`, `;`, …) |
 //! | 79401 | 400 | the request target or `Host` is malformed or ambiguous |
+//! | 79402 | 400 | the request body could not be read |
 //! | 79403 | 403 | the target host is not an allowed Twilio host: the sidecar is not an open proxy |
 //! | 79404 | 403 | the account SID in the path is not configured in the sidecar |
 //! | 79405 | 405 | the method is not one the sidecar forwards |
 //! | 79502 | 502 | Twilio could not be reached (connect, TLS or protocol error) |
+//! | 79503 | 503 | no usable credential: the OAuth token endpoint is failing |
 //! | 79504 | 504 | Twilio did not answer within `upstream.request_timeout` |
 
 use bytes::Bytes;
@@ -64,6 +66,9 @@ pub enum ProxyError {
     /// Bad or ambiguous request target / Host.
     #[error("the request target was refused: {0}")]
     BadTarget(String),
+    /// The app's request body broke off or exceeded what it announced.
+    #[error("the request body could not be read: {0}")]
+    BadBody(String),
     /// The request names a host outside `upstream.allowed_hosts`.
     #[error("{0}")]
     HostNotAllowed(String),
@@ -76,6 +81,9 @@ pub enum ProxyError {
     /// Twilio could not be reached.
     #[error("twilio-sidecar could not reach {host}: {kind} error", kind = .kind.as_str())]
     UpstreamUnreachable { host: String, kind: UpstreamFailure },
+    /// An OAuth2 account has no usable token and none arrived in time.
+    #[error("{0}")]
+    NoCredential(String),
     /// Twilio did not answer in time.
     #[error("{host} did not answer within the sidecar's upstream.request_timeout")]
     UpstreamTimeout { host: String },
@@ -88,10 +96,13 @@ impl ProxyError {
             ProxyError::Denied { .. }
             | ProxyError::HostNotAllowed(_)
             | ProxyError::UnknownAccount(_) => StatusCode::FORBIDDEN,
-            ProxyError::NonCanonicalPath(_) | ProxyError::BadTarget(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NonCanonicalPath(_) | ProxyError::BadTarget(_) | ProxyError::BadBody(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::NoCredential(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -101,11 +112,13 @@ impl ProxyError {
             ProxyError::Denied { .. } => 70051,
             ProxyError::NonCanonicalPath(_) => 79400,
             ProxyError::BadTarget(_) => 79401,
+            ProxyError::BadBody(_) => 79402,
             ProxyError::HostNotAllowed(_) => 79403,
             ProxyError::UnknownAccount(_) => 79404,
             ProxyError::MethodNotAllowed(_) => 79405,
             ProxyError::UpstreamUnreachable { .. } => 79502,
             ProxyError::UpstreamTimeout { .. } => 79504,
+            ProxyError::NoCredential(_) => 79503,
         }
     }
 
@@ -119,6 +132,12 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // Transient by nature: tell clients (and SDK retry logic) when to come back.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         response
     }
 }
@@ -175,6 +194,7 @@ mod tests {
         let errors = [
             ProxyError::NonCanonicalPath(String::new()),
             ProxyError::BadTarget(String::new()),
+            ProxyError::BadBody(String::new()),
             ProxyError::HostNotAllowed(String::new()),
             ProxyError::UnknownAccount(String::new()),
             ProxyError::MethodNotAllowed(String::new()),
@@ -185,6 +205,7 @@ mod tests {
             ProxyError::UpstreamTimeout {
                 host: String::new(),
             },
+            ProxyError::NoCredential(String::new()),
         ];
         let mut codes: Vec<u32> = errors.iter().map(ProxyError::code).collect();
         codes.push(70051);

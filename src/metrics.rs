@@ -4,8 +4,8 @@
 //! account SID, result. Never a raw path, a query string or anything secret.
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets in seconds: sub-millisecond sidecar work up to slow Twilio calls.
@@ -37,6 +37,18 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// Unix time of the last successful config load.
     pub last_reload_success: Gauge,
+    /// OAuth token fetches by account and result.
+    pub oauth_fetches: IntCounterVec,
+    /// OAuth token fetch latency by account.
+    pub oauth_fetch_duration: HistogramVec,
+    /// Unix time the current OAuth token expires, by account.
+    pub oauth_token_expiry: GaugeVec,
+    /// Seconds until the current OAuth token expires (set at scrape time), by account.
+    pub oauth_seconds_until_expiry: GaugeVec,
+    /// Requests replayed after Twilio rejected a bearer token with 401, by account and result.
+    pub oauth_replays: IntCounterVec,
+    /// Requests answered 503 because no usable credential was available, by account.
+    pub no_credential: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -109,6 +121,43 @@ impl Metrics {
             "config_last_reload_success_timestamp_seconds",
             "Unix time of the last successful config load.",
         )?;
+        let oauth_fetches = IntCounterVec::new(
+            Opts::new("oauth_token_fetches_total", "OAuth token fetches by account and result (success, http_error, timeout, connect_error, malformed)."),
+            &["account", "result"],
+        )?;
+        let oauth_fetch_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "oauth_token_fetch_duration_seconds",
+                "OAuth token fetch latency.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["account"],
+        )?;
+        let oauth_token_expiry = GaugeVec::new(
+            Opts::new(
+                "oauth_token_expiry_timestamp_seconds",
+                "Unix time the current OAuth token expires.",
+            ),
+            &["account"],
+        )?;
+        let oauth_seconds_until_expiry = GaugeVec::new(
+            Opts::new(
+                "oauth_token_seconds_until_expiry",
+                "Seconds until the current OAuth token expires (negative once expired).",
+            ),
+            &["account"],
+        )?;
+        let oauth_replays = IntCounterVec::new(
+            Opts::new("oauth_replays_total", "Requests replayed with a new token after Twilio answered 401, by result (replayed, not_replayable)."),
+            &["account", "result"],
+        )?;
+        let no_credential = IntCounterVec::new(
+            Opts::new(
+                "no_credential_total",
+                "Requests answered 503 because the account had no usable credential.",
+            ),
+            &["account"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("build_info", "Always 1; labels carry the version."),
             &["version"],
@@ -127,6 +176,12 @@ impl Metrics {
         registry.register(Box::new(state_generation.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(last_reload_success.clone()))?;
+        registry.register(Box::new(oauth_fetches.clone()))?;
+        registry.register(Box::new(oauth_fetch_duration.clone()))?;
+        registry.register(Box::new(oauth_token_expiry.clone()))?;
+        registry.register(Box::new(oauth_seconds_until_expiry.clone()))?;
+        registry.register(Box::new(oauth_replays.clone()))?;
+        registry.register(Box::new(no_credential.clone()))?;
         registry.register(Box::new(build_info))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
@@ -145,6 +200,12 @@ impl Metrics {
             state_generation,
             reloads,
             last_reload_success,
+            oauth_fetches,
+            oauth_fetch_duration,
+            oauth_token_expiry,
+            oauth_seconds_until_expiry,
+            oauth_replays,
+            no_credential,
         })
     }
 

@@ -5,13 +5,16 @@
 //! 2. **canonical path** — decode the path once or refuse it (400). Changes nothing.
 //! 3. **policy** — allow, deny or audit_deny. Short-circuits with 403 (code 70051) on a denial
 //!    in enforce mode.
-//! 4. **credential** — pick the account whose credential is attached; refuses an unconfigured
+//! 4. **account** — pick the account whose credential is attached; refuses an unconfigured
 //!    account SID (403).
-//! 5. **upstream request** — rewrite the URI to `https://{host}{path}`, strip the app's
+//! 5. **credential** — the account's `Authorization` value; an OAuth2 account with no usable
+//!    token waits briefly for the fetch in flight, then gets 503.
+//! 6. **upstream request** — rewrite the URI to `https://{host}{path}`, strip the app's
 //!    credentials, hop-by-hop and method/URL-override headers, attach `Authorization`. The
-//!    body streams through untouched.
-//! 6. **upstream call** — pooled, verified TLS; 502/504 on failure.
-//! 7. **response** — hop-by-hop headers dropped, everything else (Twilio's own errors too)
+//!    body streams through untouched (a small bearer-request body is buffered for a replay).
+//! 7. **upstream call** — pooled, verified TLS; 502/504 on failure. A 401 to a bearer token
+//!    drops that token and replays the request once with a new one, when it was buffered.
+//! 8. **response** — hop-by-hop headers dropped, everything else (Twilio's own errors too)
 //!    passed back as received, body streamed.
 //!
 //! A phase that refuses returns a [`ProxyError`]; [`Proxy::handle`] is the one place that turns
@@ -23,8 +26,9 @@ use std::time::Instant;
 
 use http::header::{self, HeaderName};
 use http::uri::{PathAndQuery, Scheme};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
-use http_body_util::Either;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use tracing::{info, warn};
 
@@ -239,7 +243,17 @@ impl Proxy {
         };
         let host = route.host;
 
-        // Phase 5: upstream request.
+        // Phase 5: credential. An OAuth2 account may wait briefly for a token (bounded); a
+        // static one never waits.
+        let attached = account.credential.attach().await.map_err(|e| {
+            self.metrics
+                .no_credential
+                .with_label_values(&[record.account])
+                .inc();
+            ProxyError::NoCredential(e.0)
+        })?;
+
+        // Phase 6: upstream request.
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(Scheme::HTTPS);
         uri.authority = Some(hosts.authority(host).clone());
@@ -250,40 +264,105 @@ impl Proxy {
             parts.headers.remove(header::CONTENT_LENGTH);
         }
         strip_request_headers(&mut parts.headers);
-        parts.headers.insert(
-            header::AUTHORIZATION,
-            account.credential.authorization().clone(),
-        );
+        parts
+            .headers
+            .insert(header::AUTHORIZATION, attached.header.clone());
         // hyper picks HTTP/2 or 1.1 upstream by ALPN, whatever the app spoke.
         parts.version = Version::HTTP_11;
-        let upstream_req = Request::from_parts(parts, Either::Left(body));
 
-        // Phase 6: upstream call.
-        let sent = Instant::now();
-        let result = state.upstream.send(upstream_req).await;
-        self.metrics
-            .upstream_duration
-            .with_label_values(&[record.host])
-            .observe(sent.elapsed().as_secs_f64());
-        let mut response = match result {
-            Ok(response) => response,
-            Err(kind) => {
-                self.metrics
-                    .upstream_errors
-                    .with_label_values(&[record.host, kind.as_str()])
-                    .inc();
-                let host = record.host.to_string();
-                return Err(match kind {
-                    UpstreamFailure::Timeout => ProxyError::UpstreamTimeout { host },
-                    kind => ProxyError::UpstreamUnreachable { host, kind },
-                });
-            }
+        // A bearer request with a small, known-length body is buffered so it can be replayed
+        // once if Twilio rejects the token; everything else streams.
+        let limit = state.config.oauth.replay_body_limit;
+        let replayable =
+            attached.bearer.is_some() && body.size_hint().upper().is_some_and(|n| n <= limit);
+        let (body, replay) = if replayable {
+            let bytes = Limited::new(body, limit as usize)
+                .collect()
+                .await
+                .map_err(|e| ProxyError::BadBody(e.to_string()))?
+                .to_bytes();
+            let copy = (
+                parts.method.clone(),
+                parts.uri.clone(),
+                parts.headers.clone(),
+                bytes.clone(),
+            );
+            (Either::Right(Full::new(bytes)), Some(copy))
+        } else {
+            (Either::Left(body), None)
         };
 
-        // Phase 7: response.
+        // Phase 7: upstream call.
+        let mut response = self
+            .call_upstream(state, record.host, Request::from_parts(parts, body))
+            .await?;
+        if response.status() == StatusCode::UNAUTHORIZED {
+            if let Some((cache, id)) = &attached.bearer {
+                // Drop the rejected token (if no other request already did) and replay once.
+                cache.invalidate(*id);
+                let outcome = if replay.is_some() {
+                    "replayed"
+                } else {
+                    "not_replayable"
+                };
+                self.metrics
+                    .oauth_replays
+                    .with_label_values(&[record.account, outcome])
+                    .inc();
+                if let Some((method, uri, mut headers, bytes)) = replay {
+                    let again = account.credential.attach().await.map_err(|e| {
+                        self.metrics
+                            .no_credential
+                            .with_label_values(&[record.account])
+                            .inc();
+                        ProxyError::NoCredential(e.0)
+                    })?;
+                    headers.insert(header::AUTHORIZATION, again.header.clone());
+                    let mut req = Request::new(Either::Right(Full::new(bytes)));
+                    *req.method_mut() = method;
+                    *req.uri_mut() = uri;
+                    *req.headers_mut() = headers;
+                    drop(response);
+                    response = self.call_upstream(state, record.host, req).await?;
+                    if response.status() == StatusCode::UNAUTHORIZED {
+                        if let Some((cache, id)) = &again.bearer {
+                            cache.invalidate(*id);
+                        }
+                    }
+                }
+            }
+        }
+
+        // Phase 8: response.
         strip_response_headers(response.headers_mut());
         record.twilio_request_id = response.headers().get(TWILIO_REQUEST_ID).cloned();
         Ok(response.map(Either::Left))
+    }
+
+    /// One upstream exchange, timed and counted; failures become 502/504.
+    async fn call_upstream(
+        &self,
+        state: &State,
+        host: &str,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let sent = Instant::now();
+        let result = state.upstream.send(req).await;
+        self.metrics
+            .upstream_duration
+            .with_label_values(&[host])
+            .observe(sent.elapsed().as_secs_f64());
+        result.map_err(|kind| {
+            self.metrics
+                .upstream_errors
+                .with_label_values(&[host, kind.as_str()])
+                .inc();
+            let host = host.to_string();
+            match kind {
+                UpstreamFailure::Timeout => ProxyError::UpstreamTimeout { host },
+                kind => ProxyError::UpstreamUnreachable { host, kind },
+            }
+        })
     }
 
     /// The app's `X-Request-Id` when it is short and printable, else a new one.

@@ -91,6 +91,7 @@ impl Reloader {
                     warn!(warning = %w, "config warning");
                 }
                 let generation = state.generation;
+                state.start_background(&self.metrics);
                 publish_state_metrics(&self.metrics, &state, Some(&previous), trigger);
                 self.shared.store(state);
                 info!(generation, trigger, "config reloaded");

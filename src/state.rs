@@ -15,8 +15,9 @@ use serde_json::json;
 
 use crate::config::reader::Diagnostic;
 use crate::config::{Config, ConfigError};
-use crate::credentials::{Account, Credential};
+use crate::credentials::{Account, Credential, LoadContext};
 use crate::gate::Gate;
+use crate::metrics::Metrics;
 use crate::upstream::Upstream;
 
 /// Everything a request needs, for one config generation.
@@ -51,32 +52,13 @@ impl State {
 
         let gate = Gate::build(&config).map_err(|e| problems.extend(e)).ok();
 
-        let mut accounts = Vec::new();
-        for (i, account) in config.accounts.iter().enumerate() {
-            match Credential::load(account, &format!("accounts[{i}].credential")) {
-                Ok(credential) => {
-                    let old =
-                        previous.and_then(|p| p.accounts.iter().find(|a| *a.sid == *account.sid));
-                    let credential_generation = old.map_or(1, |old| {
-                        if old.credential.same_as(&credential) {
-                            old.credential_generation
-                        } else {
-                            old.credential_generation + 1
-                        }
-                    });
-                    accounts.push(Account {
-                        sid: account.sid.as_str().into(),
-                        credential,
-                        credential_generation,
-                    });
-                }
-                Err(errors) => problems.extend(errors),
-            }
-        }
-
+        let mut upstream_unchanged = false;
         let upstream = match previous.map(|p| &p.upstream) {
             // extra_roots are fixed for the life of the process, so they cannot differ here.
-            Some(old) if old.reusable_for(&config.upstream) => Some(old.clone()),
+            Some(old) if old.reusable_for(&config.upstream) => {
+                upstream_unchanged = true;
+                Some(old.clone())
+            }
             _ => match Upstream::new(&config.upstream, extra_roots) {
                 Ok(u) => Some(Arc::new(u)),
                 Err(e) => {
@@ -88,6 +70,36 @@ impl State {
                 }
             },
         };
+
+        let mut accounts = Vec::new();
+        if let Some(upstream) = &upstream {
+            for (i, account) in config.accounts.iter().enumerate() {
+                let old = previous.and_then(|p| p.accounts.iter().find(|a| *a.sid == *account.sid));
+                let ctx = LoadContext {
+                    upstream,
+                    upstream_unchanged,
+                    oauth: &config.oauth,
+                    previous: old.map(|a| &a.credential),
+                };
+                match Credential::load(account, &format!("accounts[{i}].credential"), &ctx) {
+                    Ok(credential) => {
+                        let credential_generation = old.map_or(1, |old| {
+                            if old.credential.same_as(&credential) {
+                                old.credential_generation
+                            } else {
+                                old.credential_generation + 1
+                            }
+                        });
+                        accounts.push(Account {
+                            sid: account.sid.as_str().into(),
+                            credential,
+                            credential_generation,
+                        });
+                    }
+                    Err(errors) => problems.extend(errors),
+                }
+            }
+        }
 
         match (gate, upstream) {
             (Some(gate), Some(upstream)) if problems.is_empty() => {
@@ -105,6 +117,21 @@ impl State {
         }
     }
 
+    /// Starts what this state runs in the background (OAuth token refreshers). Idempotent: a
+    /// cache kept from the previous generation is already running.
+    pub fn start_background(&self, metrics: &Arc<Metrics>) {
+        for account in &self.accounts {
+            if let Credential::OAuth(cache) = &account.credential {
+                cache.start(Some(metrics.clone()));
+            }
+        }
+    }
+
+    /// Ready to serve: every account can get a credential now.
+    pub fn all_credentials_usable(&self) -> bool {
+        self.accounts.iter().all(|a| a.credential.usable())
+    }
+
     /// The effective config for `GET /config`: secrets shown only as their sources.
     pub fn redacted_view(&self) -> serde_json::Value {
         let c = &self.config;
@@ -119,15 +146,19 @@ impl State {
                     .into_iter()
                     .map(|(name, source)| (name.to_string(), source.redacted()))
                     .collect();
+                let mut credential = json!({
+                    "type": account.credential.kind(),
+                    "username": account.credential.username(),
+                    "sources": sources,
+                    "generation": account.credential_generation,
+                });
+                if let Credential::OAuth(cache) = &account.credential {
+                    credential["token_url"] = json!(cache.token_url());
+                }
                 json!({
                     "sid": account.sid,
                     "default": cfg.default,
-                    "credential": {
-                        "type": account.credential.kind(),
-                        "username": account.credential.username(),
-                        "sources": sources,
-                        "generation": account.credential_generation,
-                    },
+                    "credential": credential,
                 })
             })
             .collect();

@@ -186,6 +186,11 @@ impl Upstream {
         }
     }
 
+    /// The limit on waiting for a response head.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
     /// Sends `req` (whose URI is `https://{twilio host}{path}`) and waits for the response head.
     pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, UpstreamFailure> {
         match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {

@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::credentials::oauth::OAuthSettings;
+use crate::credentials::token_endpoint::{parse_token_url, TWILIO_TOKEN_URL};
 use crate::policy::Mode;
 use crate::twilio_hosts::TWILIO_PRODUCT_HOSTS;
 use reader::{Diagnostic, Diagnostics, Section};
@@ -30,6 +32,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub accounts: Vec<AccountConfig>,
     pub policy: PolicyConfig,
+    /// `[oauth]`: token cache tunables for oauth2 accounts.
+    pub oauth: OAuthSettings,
 }
 
 /// `[upstream]`.
@@ -66,6 +70,12 @@ pub enum CredentialConfig {
     },
     /// Basic `AC…:token`: full account access, for test and development only.
     AuthToken { token: SecretSource },
+    /// OAuth2 client_credentials: bearer tokens fetched, cached and refreshed by the sidecar.
+    OAuth2 {
+        client_id: SecretSource,
+        client_secret: SecretSource,
+        token_url: String,
+    },
 }
 
 impl CredentialConfig {
@@ -74,6 +84,7 @@ impl CredentialConfig {
         match self {
             CredentialConfig::ApiKey { .. } => "api_key",
             CredentialConfig::AuthToken { .. } => "auth_token",
+            CredentialConfig::OAuth2 { .. } => "oauth2",
         }
     }
 
@@ -84,6 +95,11 @@ impl CredentialConfig {
                 vec![("key_sid", key_sid), ("secret", secret)]
             }
             CredentialConfig::AuthToken { token } => vec![("token", token)],
+            CredentialConfig::OAuth2 {
+                client_id,
+                client_secret,
+                ..
+            } => vec![("client_id", client_id), ("client_secret", client_secret)],
         }
     }
 }
@@ -199,6 +215,7 @@ fn read_config(table: &toml::Table, base: &Path, d: &mut Diagnostics) -> Option<
     let upstream = read_upstream(&mut root, d, base);
     let accounts = read_accounts(&mut root, d, base);
     let policy = read_policy(&mut root, d, base);
+    let oauth = read_oauth(&mut root, d);
     root.finish(d);
 
     let (listen, admin) = (listen?, admin?);
@@ -220,7 +237,52 @@ fn read_config(table: &toml::Table, base: &Path, d: &mut Diagnostics) -> Option<
         upstream: upstream?,
         accounts: accounts?,
         policy: policy?,
+        oauth: oauth?,
     })
+}
+
+/// `[oauth]`: every key optional.
+fn read_oauth(root: &mut Section<'_>, d: &mut Diagnostics) -> Option<OAuthSettings> {
+    let mut out = OAuthSettings::default();
+    let Some(mut s) = root.table(d, "oauth") else {
+        return if root.get("oauth").is_some() {
+            None
+        } else {
+            Some(out)
+        };
+    };
+    let before = d.errors.len();
+    for (key, slot) in [
+        ("token_timeout", &mut out.token_timeout),
+        ("wait_for_token", &mut out.wait_for_token),
+        ("expiry_margin", &mut out.expiry_margin),
+        ("backoff_base", &mut out.backoff_base),
+        ("backoff_max", &mut out.backoff_max),
+        ("fallback_lifetime", &mut out.fallback_lifetime),
+    ] {
+        if let Some(v) = s.string(d, key) {
+            match parse_duration(v) {
+                Some(dur) if !dur.is_zero() => *slot = dur,
+                _ => d.error(
+                    s.key(key),
+                    format!(
+                        "expected a positive duration such as \"5s\" or \"250ms\", found {v:?}"
+                    ),
+                ),
+            }
+        }
+    }
+    if let Some(n) = s.integer(d, "replay_body_limit") {
+        match u64::try_from(n) {
+            Ok(n) => out.replay_body_limit = n,
+            Err(_) => d.error(s.key("replay_body_limit"), "must not be negative"),
+        }
+    }
+    if out.backoff_base > out.backoff_max {
+        d.error(s.key("backoff_base"), "must not exceed oauth.backoff_max");
+    }
+    s.finish(d);
+    (d.errors.len() == before).then_some(out)
 }
 
 /// `[listen]` / `[admin]`: `address = "HOST:PORT"`.
@@ -450,18 +512,45 @@ fn read_credential(
         }
         Some("auth_token") => SecretSource::parse(&mut s, d, "token", true, base)
             .map(|token| CredentialConfig::AuthToken { token }),
+        Some("oauth2") => {
+            let client_id = SecretSource::parse(&mut s, d, "client_id", false, base);
+            let client_secret = SecretSource::parse(&mut s, d, "client_secret", true, base);
+            let token_url = match s.string(d, "token_url") {
+                Some(url) => match parse_token_url(url) {
+                    Ok(_) => Some(url.to_string()),
+                    Err(e) => {
+                        d.error(s.key("token_url"), e);
+                        None
+                    }
+                },
+                None => Some(TWILIO_TOKEN_URL.to_string()),
+            };
+            match (client_id, client_secret, token_url) {
+                (Some(client_id), Some(client_secret), Some(token_url)) => {
+                    Some(CredentialConfig::OAuth2 {
+                        client_id,
+                        client_secret,
+                        token_url,
+                    })
+                }
+                _ => None,
+            }
+        }
         Some(other) => {
             d.error(
                 s.key("type"),
                 format!(
-                    "unknown credential type {other:?}; expected \"api_key\" or \"auth_token\""
+                    "unknown credential type {other:?}; expected \"api_key\", \"oauth2\" or \"auth_token\""
                 ),
             );
             None
         }
         None => {
             if s.get("type").is_none() {
-                d.error(s.key("type"), "missing (\"api_key\" or \"auth_token\")");
+                d.error(
+                    s.key("type"),
+                    "missing (\"api_key\", \"oauth2\" or \"auth_token\")",
+                );
             }
             None
         }

@@ -1,0 +1,130 @@
+//! The real token fetcher: `POST token_url` form-encoded `grant_type=client_credentials`,
+//! `client_id`, `client_secret`, through the same upstream client as API calls — verified TLS,
+//! and `upstream.connect_to` / `upstream.ca_file` apply, so tests and `dev` can stand in for
+//! oauth.twilio.com exactly as they do for the API hosts.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Uri};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use secrecy::{ExposeSecret, SecretString};
+
+use super::oauth::{FetchError, TokenFetcher};
+use crate::error::UpstreamFailure;
+use crate::upstream::Upstream;
+
+/// Twilio's token endpoint.
+pub const TWILIO_TOKEN_URL: &str = "https://oauth.twilio.com/v2/token";
+/// The largest token response read.
+const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
+
+/// Fetches tokens over HTTPS.
+pub struct HttpTokenFetcher {
+    upstream: Arc<Upstream>,
+    url: Uri,
+    /// The form body; it carries the client secret, so it is never printed.
+    form: Bytes,
+}
+
+impl std::fmt::Debug for HttpTokenFetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpTokenFetcher")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpTokenFetcher {
+    /// `url` must be an https URL.
+    pub fn new(
+        upstream: Arc<Upstream>,
+        url: &str,
+        client_id: &str,
+        secret: &SecretString,
+    ) -> Result<Self, String> {
+        let url = parse_token_url(url)?;
+        let form = format!(
+            "grant_type=client_credentials&client_id={}&client_secret={}",
+            form_encode(client_id),
+            form_encode(secret.expose_secret())
+        );
+        Ok(HttpTokenFetcher {
+            upstream,
+            url,
+            form: Bytes::from(form),
+        })
+    }
+}
+
+/// Checks a token URL: https, with a host.
+pub fn parse_token_url(url: &str) -> Result<Uri, String> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    if uri.scheme_str() != Some("https") || uri.host().is_none() {
+        return Err(format!(
+            "{url:?} must be an https:// URL (tokens are only fetched over verified TLS)"
+        ));
+    }
+    Ok(uri)
+}
+
+/// `application/x-www-form-urlencoded` value encoding.
+fn form_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+impl TokenFetcher for HttpTokenFetcher {
+    fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<Bytes, FetchError>> + Send + '_>> {
+        Box::pin(async move {
+            let mut req = Request::new(Either::Right(Full::new(self.form.clone())));
+            *req.method_mut() = Method::POST;
+            *req.uri_mut() = self.url.clone();
+            let headers = req.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-www-form-urlencoded"),
+            );
+            headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+            let response = self.upstream.send(req).await.map_err(|kind| match kind {
+                UpstreamFailure::Timeout => FetchError::Timeout(self.upstream.request_timeout()),
+                other => FetchError::Connect(format!("{} error", other.as_str())),
+            })?;
+            let status = response.status();
+            if !status.is_success() {
+                return Err(FetchError::Status(status.as_u16()));
+            }
+            Limited::new(response.into_body(), MAX_TOKEN_RESPONSE)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .map_err(|e| FetchError::Malformed(format!("reading the body failed: {e}")))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_encoding_and_url_checks() {
+        assert_eq!(form_encode("OQ abc+/=&é"), "OQ+abc%2B%2F%3D%26%C3%A9");
+        assert!(parse_token_url(TWILIO_TOKEN_URL).is_ok());
+        assert!(parse_token_url("http://oauth.twilio.com/v2/token").is_err());
+        assert!(parse_token_url("oauth.twilio.com/v2/token").is_err());
+    }
+}
