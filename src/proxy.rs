@@ -32,6 +32,7 @@ use hyper::body::Body as _;
 use hyper::body::Incoming;
 use tracing::{info, warn};
 
+use crate::credentials::{Account, Attached};
 use crate::error::{ProxyError, UpstreamFailure};
 use crate::gate::{Gate, Trace};
 use crate::metrics::Metrics;
@@ -245,13 +246,7 @@ impl Proxy {
 
         // Phase 5: credential. An OAuth2 account may wait briefly for a token (bounded); a
         // static one never waits.
-        let attached = account.credential.attach().await.map_err(|e| {
-            self.metrics
-                .no_credential
-                .with_label_values(&[record.account])
-                .inc();
-            ProxyError::NoCredential(e.0)
-        })?;
+        let attached = self.attach(account, record.account).await?;
 
         // Phase 6: upstream request.
         let mut uri = http::uri::Parts::default();
@@ -310,13 +305,7 @@ impl Proxy {
                     .with_label_values(&[record.account, outcome])
                     .inc();
                 if let Some((method, uri, mut headers, bytes)) = replay {
-                    let again = account.credential.attach().await.map_err(|e| {
-                        self.metrics
-                            .no_credential
-                            .with_label_values(&[record.account])
-                            .inc();
-                        ProxyError::NoCredential(e.0)
-                    })?;
+                    let again = self.attach(account, record.account).await?;
                     headers.insert(header::AUTHORIZATION, again.header.clone());
                     let mut req = Request::new(Either::Right(Full::new(bytes)));
                     *req.method_mut() = method;
@@ -337,6 +326,14 @@ impl Proxy {
         strip_response_headers(response.headers_mut());
         record.twilio_request_id = response.headers().get(TWILIO_REQUEST_ID).cloned();
         Ok(response.map(Either::Left))
+    }
+
+    /// The account's credential; a missing one is counted and becomes a 503.
+    async fn attach(&self, account: &Account, sid: &str) -> Result<Attached, ProxyError> {
+        account.credential.attach().await.map_err(|e| {
+            self.metrics.no_credential.with_label_values(&[sid]).inc();
+            ProxyError::NoCredential(e.0)
+        })
     }
 
     /// One upstream exchange, timed and counted; failures become 502/504.

@@ -159,13 +159,7 @@ allow = ["/2010-04-01/Accounts/{{AccountSid}}/*"]
 
 async fn start(twilio: &Arc<Twilio>, oauth: &str) -> Harness {
     let t = twilio.clone();
-    let stand_in = {
-        let mut names = twilio_sidecar::twilio_hosts::TWILIO_PRODUCT_HOSTS.to_vec();
-        names.push("api.dublin.ie1.twilio.com");
-        twilio_sidecar::stand_in::StandIn::start(&names)
-            .await
-            .unwrap()
-    };
+    let stand_in = stand_in().await;
     stand_in.set_responder(move |r| t.answer(r));
     Harness::start_against(stand_in, |ctx| oauth_config(ctx, oauth)).await
 }
@@ -411,13 +405,6 @@ async fn reloads_keep_the_token_unless_the_client_credentials_change_and_nothing
     assert_eq!(h.send("GET", &messages(), &[], b"").await.status, 200);
     assert_eq!(twilio.calls(), 1);
     let config_path = h.dir.path().join("sidecar.toml");
-    let reload = || async {
-        let req = format!(
-            "POST /reload HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            h.admin
-        );
-        raw_request(h.admin, req.as_bytes()).await
-    };
 
     // A policy-only change: same token, no fetch.
     let text = std::fs::read_to_string(&config_path).unwrap();
@@ -426,7 +413,7 @@ async fn reloads_keep_the_token_unless_the_client_credentials_change_and_nothing
         text.replace("allow = [", "allow = [\"GET /v2/Nope\", "),
     )
     .unwrap();
-    assert_eq!(reload().await.status, 200);
+    assert_eq!(post_reload(h.admin).await.status, 200);
     assert_eq!(h.send("GET", &messages(), &[], b"").await.status, 200);
     assert_eq!(twilio.calls(), 1);
     assert_eq!(twilio.seen.lock().unwrap().last().unwrap(), "tok1");
@@ -439,7 +426,7 @@ async fn reloads_keep_the_token_unless_the_client_credentials_change_and_nothing
         "rotated-client-secret\n",
     )
     .unwrap();
-    assert_eq!(reload().await.status, 200);
+    assert_eq!(post_reload(h.admin).await.status, 200);
     assert_eq!(h.send("GET", &messages(), &[], b"").await.status, 200);
     assert_eq!(twilio.calls(), 2);
     assert_eq!(twilio.seen.lock().unwrap().last().unwrap(), "tok2");

@@ -603,13 +603,7 @@ async fn admin_endpoints() {
 async fn admin_reload_swaps_policy_and_keeps_the_old_state_on_error() {
     let h = Harness::start().await;
     let config_path = h.dir.path().join("sidecar.toml");
-    let post_reload = || async {
-        let req = format!(
-            "POST /reload HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            h.admin
-        );
-        raw_request(h.admin, req.as_bytes()).await
-    };
+
     assert_eq!(h.send("GET", "/v2/Nope", &[], b"").await.status, 403);
 
     // Allow /v2/Nope and rotate the secret: both apply after the reload.
@@ -620,7 +614,7 @@ async fn admin_reload_swaps_policy_and_keeps_the_old_state_on_error() {
     )
     .unwrap();
     std::fs::write(h.dir.path().join("secret"), "rotated-secret-value-0001\n").unwrap();
-    let resp = post_reload().await;
+    let resp = post_reload(h.admin).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_eq!(resp.json()["generation"], 2);
     assert_eq!(h.send("GET", "/v2/Nope", &[], b"").await.status, 200);
@@ -639,7 +633,7 @@ async fn admin_reload_swaps_policy_and_keeps_the_old_state_on_error() {
 
     // A broken config is refused; the previous state keeps serving.
     std::fs::write(&config_path, "this is not [valid toml").unwrap();
-    let resp = post_reload().await;
+    let resp = post_reload(h.admin).await;
     assert_eq!(resp.status, 422);
     assert_eq!(resp.json()["generation"], 2);
     assert_eq!(h.send("GET", "/v2/Nope", &[], b"").await.status, 200);

@@ -260,23 +260,12 @@ fn read_oauth(root: &mut Section<'_>, d: &mut Diagnostics) -> Option<OAuthSettin
         ("backoff_max", &mut out.backoff_max),
         ("fallback_lifetime", &mut out.fallback_lifetime),
     ] {
-        if let Some(v) = s.string(d, key) {
-            match parse_duration(v) {
-                Some(dur) if !dur.is_zero() => *slot = dur,
-                _ => d.error(
-                    s.key(key),
-                    format!(
-                        "expected a positive duration such as \"5s\" or \"250ms\", found {v:?}"
-                    ),
-                ),
-            }
+        if let Some(v) = s.duration(d, key) {
+            *slot = v;
         }
     }
-    if let Some(n) = s.integer(d, "replay_body_limit") {
-        match u64::try_from(n) {
-            Ok(n) => out.replay_body_limit = n,
-            Err(_) => d.error(s.key("replay_body_limit"), "must not be negative"),
-        }
+    if let Some(n) = s.count(d, "replay_body_limit") {
+        out.replay_body_limit = n;
     }
     if out.backoff_base > out.backoff_max {
         d.error(s.key("backoff_base"), "must not exceed oauth.backoff_max");
@@ -375,23 +364,12 @@ fn read_upstream(
         ("request_timeout", &mut out.request_timeout),
         ("pool_idle_timeout", &mut out.pool_idle_timeout),
     ] {
-        if let Some(v) = s.string(d, key) {
-            match parse_duration(v) {
-                Some(dur) if !dur.is_zero() => *slot = dur,
-                _ => d.error(
-                    s.key(key),
-                    format!(
-                        "expected a positive duration such as \"5s\" or \"250ms\", found {v:?}"
-                    ),
-                ),
-            }
+        if let Some(v) = s.duration(d, key) {
+            *slot = v;
         }
     }
-    if let Some(n) = s.integer(d, "pool_max_idle_per_host") {
-        match usize::try_from(n) {
-            Ok(n) => out.pool_max_idle_per_host = n,
-            Err(_) => d.error(s.key("pool_max_idle_per_host"), "must not be negative"),
-        }
+    if let Some(n) = s.count(d, "pool_max_idle_per_host") {
+        out.pool_max_idle_per_host = usize::try_from(n).unwrap_or(usize::MAX);
     }
     s.finish(d);
     (d.errors.len() == before).then_some(out)

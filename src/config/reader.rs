@@ -109,6 +109,35 @@ impl<'a> Section<'a> {
         self.typed(d, key, "an integer", Value::as_integer)
     }
 
+    /// A positive duration written as a string: `"250ms"`, `"5s"`, `"2m"`, `"1h"`.
+    pub fn duration(&mut self, d: &mut Diagnostics, key: &'a str) -> Option<std::time::Duration> {
+        let v = self.string(d, key)?;
+        match super::parse_duration(v) {
+            Some(dur) if !dur.is_zero() => Some(dur),
+            _ => {
+                d.error(
+                    self.key(key),
+                    format!(
+                        "expected a positive duration such as \"5s\" or \"250ms\", found {v:?}"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// A non-negative integer.
+    pub fn count(&mut self, d: &mut Diagnostics, key: &'a str) -> Option<u64> {
+        let n = self.integer(d, key)?;
+        match u64::try_from(n) {
+            Ok(n) => Some(n),
+            Err(_) => {
+                d.error(self.key(key), "must not be negative");
+                None
+            }
+        }
+    }
+
     pub fn table(&mut self, d: &mut Diagnostics, key: &'a str) -> Option<Section<'a>> {
         let path = self.key(key);
         self.typed(d, key, "a table", Value::as_table)

@@ -125,11 +125,7 @@ impl Harness {
 
     /// A config built by `make` (it may write more files into `ctx.dir`).
     pub async fn start_with(make: impl FnOnce(&Ctx) -> String) -> Harness {
-        // The product hosts plus an edge host, as a region/edge deployment would use.
-        let mut names = TWILIO_PRODUCT_HOSTS.to_vec();
-        names.push("api.dublin.ie1.twilio.com");
-        let stand_in = StandIn::start(&names).await.expect("stand-in");
-        Self::start_against(stand_in, make).await
+        Self::start_against(stand_in().await, make).await
     }
 
     /// Like [`Harness::start_with`] with a given stand-in.
@@ -256,6 +252,21 @@ impl Harness {
     pub async fn metrics(&self) -> String {
         self.admin_get("/metrics").await.text()
     }
+}
+
+/// A stand-in for the product hosts plus an edge host, as a region/edge deployment would use.
+pub async fn stand_in() -> StandIn {
+    let mut names = TWILIO_PRODUCT_HOSTS.to_vec();
+    names.push("api.dublin.ie1.twilio.com");
+    StandIn::start(&names).await.expect("stand-in")
+}
+
+/// `POST /reload` on the admin listener.
+pub async fn post_reload(admin: SocketAddr) -> RawResponse {
+    let req = format!(
+        "POST /reload HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    raw_request(admin, req.as_bytes()).await
 }
 
 /// The binary under test.
