@@ -126,6 +126,8 @@ impl Sidecar {
             self.reloader.clone(),
             self.draining.clone(),
         ));
+        // Config and secret files are watched from before the first request is served.
+        let watcher = crate::watch::start(self.reloader.clone(), self.shared.clone());
         info!(addr = %self.proxy_addr(), "proxy listening");
         info!(addr = %self.admin_addr(), "admin listening");
 
@@ -154,6 +156,9 @@ impl Sidecar {
         ));
 
         shutdown.await;
+        if let Some(w) = watcher {
+            w.abort();
+        }
         self.draining.store(true, Ordering::Relaxed);
         info!("shutting down: no new connections, draining in-flight requests");
         let _ = stop_proxy.send(());

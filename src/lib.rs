@@ -21,7 +21,7 @@
 //! - [`error`]: Twilio-shaped JSON errors and their codes.
 //!
 //! Beside it: [`config`] (TOML in, every problem at once), [`state`] (the arc-swapped
-//! per-generation snapshot), [`reload`], [`admin`] (metrics, health, config), [`metrics`],
+//! per-generation snapshot), [`reload`] with its file [`watch`], [`admin`] (metrics, health, config), [`metrics`],
 //! [`app`] (wiring), [`commands`] (`check`, `validate`), [`catalogue`] (Twilio's operations), [`dev`] with its [`stand_in`] for
 //! Twilio, [`telemetry`] (logging) and [`twilio_hosts`].
 
@@ -48,3 +48,4 @@ pub mod state;
 pub mod telemetry;
 pub mod twilio_hosts;
 pub mod upstream;
+pub mod watch;

@@ -5,14 +5,16 @@
 //! The build (file reads, secret reads, policy compile) runs on the blocking pool, off the
 //! request path. In-flight requests keep the snapshot they started with.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustls_pki_types::CertificateDer;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, SecretSource};
 use crate::metrics::Metrics;
 use crate::state::{SharedState, State};
 
@@ -25,6 +27,9 @@ pub struct Reloader {
     config_path: Option<PathBuf>,
     extra_roots: Arc<Vec<CertificateDer<'static>>>,
     running: tokio::sync::Mutex<()>,
+    /// Fingerprint of the inputs of the state now serving; a watch-triggered reload whose
+    /// inputs hash the same is skipped.
+    loaded: Mutex<Option<u64>>,
 }
 
 impl Reloader {
@@ -34,12 +39,14 @@ impl Reloader {
         config_path: Option<PathBuf>,
         extra_roots: Arc<Vec<CertificateDer<'static>>>,
     ) -> Reloader {
+        let loaded = config_path.as_deref().map(fingerprint);
         Reloader {
             shared,
             metrics,
             config_path,
             extra_roots,
             running: tokio::sync::Mutex::new(()),
+            loaded: Mutex::new(loaded),
         }
     }
 
@@ -61,9 +68,17 @@ impl Reloader {
         let previous = self.shared.load();
         let roots = self.extra_roots.clone();
         let prev = previous.clone();
+        let last = self.loaded.lock().map(|l| *l).unwrap_or(None);
+        // A file event is only a hint: skip it when the inputs read the same. Explicit
+        // triggers (SIGHUP, POST /reload) always rebuild.
+        let only_if_changed = trigger == "watch";
         let built = tokio::task::spawn_blocking(move || {
+            let inputs = fingerprint(&path);
+            if only_if_changed && Some(inputs) == last {
+                return Ok(None);
+            }
             let (config, warnings) = Config::load(&path)?;
-            State::build(config, warnings, &roots, Some(&prev))
+            State::build(config, warnings, &roots, Some(&prev)).map(|s| Some((s, inputs)))
         })
         .await
         .unwrap_or_else(|e| {
@@ -72,6 +87,22 @@ impl Reloader {
                 format!("reload task failed: {e}"),
             ))
         });
+        let built = match built {
+            Ok(None) => {
+                debug!(
+                    trigger,
+                    "files changed but the config and secrets read the same; nothing to reload"
+                );
+                return Ok(previous.generation);
+            }
+            Ok(Some((state, inputs))) => {
+                if let Ok(mut l) = self.loaded.lock() {
+                    *l = Some(inputs);
+                }
+                Ok(state)
+            }
+            Err(e) => Err(e),
+        };
 
         match built {
             Ok(state) => {
@@ -154,4 +185,29 @@ pub fn publish_state_metrics(
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
     metrics.last_reload_success.set(now);
+}
+
+/// A hash of everything a reload reads: the config file, each file it references and each
+/// environment variable it names. Equal fingerprints mean a reload would build the same state.
+/// (It stays in memory; it is not a place secrets can be recovered from.)
+pub fn fingerprint(config_path: &Path) -> u64 {
+    let mut h = DefaultHasher::new();
+    let mut file = |p: &Path| match std::fs::read(p) {
+        Ok(bytes) => bytes.hash(&mut h),
+        Err(e) => e.kind().hash(&mut h),
+    };
+    file(config_path);
+    if let Ok((config, _)) = Config::load(config_path) {
+        for f in config.watched_files().iter().skip(1) {
+            file(f);
+        }
+        for account in &config.accounts {
+            for (_, source) in account.credential.sources() {
+                if let SecretSource::Env(name) = source {
+                    std::env::var(name).ok().hash(&mut h);
+                }
+            }
+        }
+    }
+    h.finish()
 }

@@ -138,13 +138,7 @@ fn oauth_config(ctx: &Ctx, oauth: &str) -> String {
     write(&ctx.dir, "client_secret", &format!("{CLIENT_SECRET}\n"));
     format!(
         r#"
-[listen]
-address = "127.0.0.1:0"
-[admin]
-address = "127.0.0.1:0"
-[upstream]
-connect_to = "{stand_in}"
-ca_file = "ca.pem"
+{head}
 [[accounts]]
 sid = "{SID}"
 credential = {{ type = "oauth2", client_id = "{CLIENT_ID}", client_secret = {{ file = "client_secret" }} }}
@@ -153,7 +147,7 @@ credential = {{ type = "oauth2", client_id = "{CLIENT_ID}", client_secret = {{ f
 [policy]
 allow = ["/2010-04-01/Accounts/{{AccountSid}}/*"]
 "#,
-        stand_in = ctx.stand_in
+        head = listeners_and_upstream(ctx)
     )
 }
 

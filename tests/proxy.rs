@@ -619,11 +619,7 @@ async fn admin_reload_swaps_policy_and_keeps_the_old_state_on_error() {
     assert_eq!(resp.json()["generation"], 2);
     assert_eq!(h.send("GET", "/v2/Nope", &[], b"").await.status, 200);
     assert_eq!(
-        h.stand_in
-            .requests()
-            .last()
-            .unwrap()
-            .header_values("authorization"),
+        h.last_authorization(),
         vec![basic(KEY_SID, "rotated-secret-value-0001")]
     );
     let m = h.metrics().await;

@@ -34,6 +34,27 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// `[oauth]`: token cache tunables for oauth2 accounts.
     pub oauth: OAuthSettings,
+    /// `[reload]`: file watching.
+    pub reload: ReloadConfig,
+}
+
+/// `[reload]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReloadConfig {
+    /// Reload when the config file or a file it references changes.
+    pub watch: bool,
+    /// Quiet period after the last change before reloading, so a burst of writes (an editor's
+    /// temp file and rename, Kubernetes' `..data` swap) is one reload.
+    pub debounce: Duration,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            watch: true,
+            debounce: Duration::from_millis(250),
+        }
+    }
 }
 
 /// `[upstream]`.
@@ -216,6 +237,7 @@ fn read_config(table: &toml::Table, base: &Path, d: &mut Diagnostics) -> Option<
     let accounts = read_accounts(&mut root, d, base);
     let policy = read_policy(&mut root, d, base);
     let oauth = read_oauth(&mut root, d);
+    let reload = read_reload(&mut root, d);
     root.finish(d);
 
     let (listen, admin) = (listen?, admin?);
@@ -238,7 +260,29 @@ fn read_config(table: &toml::Table, base: &Path, d: &mut Diagnostics) -> Option<
         accounts: accounts?,
         policy: policy?,
         oauth: oauth?,
+        reload: reload?,
     })
+}
+
+/// `[reload]`: every key optional.
+fn read_reload(root: &mut Section<'_>, d: &mut Diagnostics) -> Option<ReloadConfig> {
+    let mut out = ReloadConfig::default();
+    let Some(mut s) = root.table(d, "reload") else {
+        return if root.get("reload").is_some() {
+            None
+        } else {
+            Some(out)
+        };
+    };
+    let before = d.errors.len();
+    if let Some(w) = s.boolean(d, "watch") {
+        out.watch = w;
+    }
+    if let Some(v) = s.duration(d, "debounce") {
+        out.debounce = v;
+    }
+    s.finish(d);
+    (d.errors.len() == before).then_some(out)
 }
 
 /// `[oauth]`: every key optional.

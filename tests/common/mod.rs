@@ -73,15 +73,7 @@ pub struct Ctx {
 pub fn standard_config(ctx: &Ctx, upstream_extra: &str, policy: &str) -> String {
     format!(
         r#"
-[listen]
-address = "127.0.0.1:0"
-
-[admin]
-address = "127.0.0.1:0"
-
-[upstream]
-connect_to = "{stand_in}"
-ca_file = "ca.pem"
+{head}
 request_timeout = "5s"
 {upstream_extra}
 
@@ -96,7 +88,25 @@ credential = {{ type = "auth_token", token = {{ env = "{TOKEN2_ENV}" }} }}
 
 {policy}
 "#,
-        stand_in = ctx.stand_in
+        head = listeners_and_upstream(ctx)
+    )
+}
+
+/// Both listeners on port 0 and the `[upstream]` table pointing at the stand-in (more
+/// `[upstream]` keys may follow).
+pub fn listeners_and_upstream(ctx: &Ctx) -> String {
+    format!(
+        r#"
+[listen]
+address = "127.0.0.1:0"
+
+[admin]
+address = "127.0.0.1:0"
+
+[upstream]
+connect_to = "{}"
+ca_file = "ca.pem""#,
+        ctx.stand_in
     )
 }
 
@@ -237,6 +247,15 @@ impl Harness {
         let mut bytes = req.into_bytes();
         bytes.extend_from_slice(body);
         raw_request(self.proxy, &bytes).await
+    }
+
+    /// The `Authorization` values of the last request the stand-in received.
+    pub fn last_authorization(&self) -> Vec<String> {
+        self.stand_in
+            .requests()
+            .last()
+            .map(|r| r.header_values("authorization"))
+            .unwrap_or_default()
     }
 
     /// GET on the admin listener.
