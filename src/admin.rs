@@ -16,7 +16,7 @@ use crate::credentials::Credential;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::state::SharedState;
-use crate::upstream::Body;
+use crate::upstream::ResponseBody as Body;
 
 /// Admin endpoints over the shared state.
 #[derive(Debug)]

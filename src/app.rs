@@ -1,30 +1,38 @@
-//! Wiring: build the first state, bind both listeners, serve until shutdown, drain.
+//! Wiring: build the first state, bind the listeners, serve until shutdown, drain.
 //!
 //! [`Sidecar::start`] does everything that can fail at startup (config, secrets, policy, TLS
 //! roots, binding) before anything is served, so a bad config never starts a half-working
 //! proxy. [`Sidecar::serve`] then runs until the shutdown future completes.
+//!
+//! The app-facing stack, outermost first:
+//! - load shedding (tower): beyond `limits.max_concurrent_requests`, answer 503 at once
+//!   instead of queueing, so a stuck Twilio cannot pile up unbounded work;
+//! - concurrency limit (tower): the bound itself, shared by the TCP and unix listeners;
+//! - the proxy ([`crate::proxy`]): body limit, whole-request timeout, the request phases.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::{Request, Response};
+use hyper::body::Incoming;
 use rustls_pki_types::CertificateDer;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
+use tower::{Service, ServiceBuilder, ServiceExt};
 use tracing::{info, warn};
 
 use crate::admin::Admin;
 use crate::config::reader::Diagnostic;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, ProxyService};
 use crate::reload::{publish_state_metrics, Reloader};
-use crate::server::serve;
+use crate::server::{serve, ServerOptions};
 use crate::state::{SharedState, State};
-
-/// How long in-flight requests may run on after shutdown starts.
-pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+use crate::upstream::ResponseBody;
 
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +42,7 @@ pub enum StartError {
     #[error("cannot listen on {addr} ({what}): {source}; is another process using it?")]
     Bind {
         what: &'static str,
-        addr: SocketAddr,
+        addr: String,
         source: std::io::Error,
     },
     #[error("cannot set up metrics: {0}")]
@@ -48,11 +56,12 @@ pub struct Sidecar {
     pub reloader: Arc<Reloader>,
     draining: Arc<AtomicBool>,
     proxy_listener: TcpListener,
+    unix_listener: Option<(UnixListener, PathBuf)>,
     admin_listener: TcpListener,
 }
 
 impl Sidecar {
-    /// Builds the state from `config` and binds both listeners.
+    /// Builds the state from `config` and binds the listeners.
     pub async fn start(
         config: Config,
         warnings: Vec<Diagnostic>,
@@ -76,10 +85,18 @@ impl Sidecar {
         let bind = |what: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
-                .map_err(|source| StartError::Bind { what, addr, source })
+                .map_err(|source| StartError::Bind {
+                    what,
+                    addr: addr.to_string(),
+                    source,
+                })
         };
         let proxy_listener = bind("listen.address", state.config.listen).await?;
         let admin_listener = bind("admin.address", state.config.admin).await?;
+        let unix_listener = match &state.config.unix {
+            Some(unix) => Some((bind_unix(&unix.path, unix.mode)?, unix.path.clone())),
+            None => None,
+        };
 
         let shared = Arc::new(SharedState::new(state));
         let reloader = Arc::new(Reloader::new(
@@ -94,6 +111,7 @@ impl Sidecar {
             reloader,
             draining: Arc::new(AtomicBool::new(false)),
             proxy_listener,
+            unix_listener,
             admin_listener,
         })
     }
@@ -112,14 +130,38 @@ impl Sidecar {
             .unwrap_or_else(|_| self.shared.load().config.admin)
     }
 
-    /// Serves both listeners until `shutdown` completes, then drains in-flight requests.
+    /// Serves every listener until `shutdown` completes, then drains in-flight requests.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
-        // The proxy stops first; the admin listener keeps answering (readyz: draining) until
-        // the drain is over.
-        let (stop_proxy, proxy_stopped) = tokio::sync::oneshot::channel::<()>();
-        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let config = self.shared.load().config.clone();
+        let limits = &config.limits;
+        let options = ServerOptions {
+            header_read_timeout: limits.header_read_timeout,
+            max_header_bytes: limits.max_header_bytes,
+            drain: limits.drain_timeout,
+        };
 
         let proxy = Arc::new(Proxy::new(self.shared.clone(), self.metrics.clone()));
+        let stack = ServiceBuilder::new()
+            .load_shed()
+            .concurrency_limit(limits.max_concurrent_requests)
+            .service(ProxyService(proxy.clone()));
+        let handler = move |req: Request<Incoming>| {
+            let (mut stack, proxy) = (stack.clone(), proxy.clone());
+            async move { shed_or_handle(&mut stack, &proxy, req).await }
+        };
+
+        // The proxy listeners stop first; the admin listener keeps answering (readyz:
+        // draining) until the drain is over.
+        let (stop_proxy, proxy_stopped) = tokio::sync::watch::channel(false);
+        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let stopped = move || {
+            let mut rx = proxy_stopped.clone();
+            async move {
+                // Err means the sender is gone, which also means stop.
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
+
         let admin = Arc::new(Admin::new(
             self.shared.clone(),
             self.metrics.clone(),
@@ -131,18 +173,18 @@ impl Sidecar {
         info!(addr = %self.proxy_addr(), "proxy listening");
         info!(addr = %self.admin_addr(), "admin listening");
 
-        let proxy_server = tokio::spawn(serve(
+        let mut proxy_servers = vec![tokio::spawn(serve(
             self.proxy_listener,
-            move |req| {
-                let proxy = proxy.clone();
-                async move { proxy.handle(req).await }
-            },
-            async move {
-                // Err means the sender is gone, which also means stop.
-                let _ = proxy_stopped.await;
-            },
-            DRAIN_DEADLINE,
-        ));
+            handler.clone(),
+            stopped(),
+            options,
+        ))];
+        let mut socket_path = None;
+        if let Some((listener, path)) = self.unix_listener {
+            info!(path = %path.display(), "proxy listening on unix socket");
+            proxy_servers.push(tokio::spawn(serve(listener, handler, stopped(), options)));
+            socket_path = Some(path);
+        }
         let admin_server = tokio::spawn(serve(
             self.admin_listener,
             move |req| {
@@ -152,7 +194,10 @@ impl Sidecar {
             async move {
                 let _ = admin_stopped.await;
             },
-            Duration::from_secs(1),
+            ServerOptions {
+                drain: Duration::from_secs(1),
+                ..options
+            },
         ));
 
         shutdown.await;
@@ -160,11 +205,61 @@ impl Sidecar {
             w.abort();
         }
         self.draining.store(true, Ordering::Relaxed);
-        info!("shutting down: no new connections, draining in-flight requests");
-        let _ = stop_proxy.send(());
-        let _ = proxy_server.await;
+        info!(
+            deadline_ms = options.drain.as_millis() as u64,
+            "shutting down: no new connections, draining in-flight requests"
+        );
+        let _ = stop_proxy.send(true);
+        for server in proxy_servers {
+            let _ = server.await;
+        }
+        if let Some(path) = socket_path {
+            let _ = std::fs::remove_file(path);
+        }
         let _ = stop_admin.send(());
         let _ = admin_server.await;
         info!("stopped");
     }
+}
+
+/// Runs `req` through the limit stack; a shed request gets its 503 from the proxy, so it is
+/// counted and logged like every other.
+async fn shed_or_handle<S>(
+    stack: &mut S,
+    proxy: &Proxy,
+    req: Request<Incoming>,
+) -> Response<ResponseBody>
+where
+    S: Service<Request<Incoming>, Response = Response<ResponseBody>, Error = tower::BoxError>,
+{
+    // What a shed answer needs, kept before the request is handed over (clones of
+    // reference-counted values; nothing is allocated).
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let request_id = req.headers().get(crate::proxy::X_REQUEST_ID).cloned();
+    // Load shedding turns "over the limit" into an error from `call` (never from `ready`).
+    let outcome = match stack.ready().await {
+        Ok(ready) => ready.call(req).await,
+        Err(e) => Err(e),
+    };
+    outcome.unwrap_or_else(|_| proxy.shed(&method, &uri, request_id.as_ref()))
+}
+
+/// Binds the unix socket, replacing a stale one, and sets its file mode.
+fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, StartError> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let err = |source: std::io::Error| StartError::Bind {
+        what: "listen.unix",
+        addr: path.display().to_string(),
+        source,
+    };
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_socket() {
+            // Left behind by a previous run that did not exit cleanly.
+            std::fs::remove_file(path).map_err(err)?;
+        }
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+    Ok(listener)
 }

@@ -13,6 +13,9 @@
 //! | 79403 | 403 | the target host is not an allowed Twilio host: the sidecar is not an open proxy |
 //! | 79404 | 403 | the account SID in the path is not configured in the sidecar |
 //! | 79405 | 405 | the method is not one the sidecar forwards |
+//! | 79408 | 504 | the request did not complete within `limits.request_timeout` |
+//! | 79413 | 413 | the request body exceeds `limits.max_request_body` |
+//! | 79429 | 503 | overloaded: `limits.max_concurrent_requests` are in flight (with `Retry-After`) |
 //! | 79502 | 502 | Twilio could not be reached (connect, TLS or protocol error) |
 //! | 79503 | 503 | no usable credential: the OAuth token endpoint is failing |
 //! | 79504 | 504 | Twilio did not answer within `upstream.request_timeout` |
@@ -81,6 +84,19 @@ pub enum ProxyError {
     /// Twilio could not be reached.
     #[error("twilio-sidecar could not reach {host}: {kind} error", kind = .kind.as_str())]
     UpstreamUnreachable { host: String, kind: UpstreamFailure },
+    /// The request body is over `limits.max_request_body`.
+    #[error(
+        "the request body is larger than twilio-sidecar's limits.max_request_body ({0} bytes)"
+    )]
+    BodyTooLarge(u64),
+    /// The whole request took longer than `limits.request_timeout`.
+    #[error("the request did not complete within twilio-sidecar's limits.request_timeout ({0:?})")]
+    RequestTimeout(std::time::Duration),
+    /// `limits.max_concurrent_requests` are in flight.
+    #[error(
+        "twilio-sidecar is at limits.max_concurrent_requests and shed this request; retry shortly"
+    )]
+    Overloaded,
     /// An OAuth2 account has no usable token and none arrived in time.
     #[error("{0}")]
     NoCredential(String),
@@ -102,7 +118,9 @@ impl ProxyError {
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::NoCredential(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoCredential(_) | ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -119,6 +137,9 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable { .. } => 79502,
             ProxyError::UpstreamTimeout { .. } => 79504,
             ProxyError::NoCredential(_) => 79503,
+            ProxyError::BodyTooLarge(_) => 79413,
+            ProxyError::RequestTimeout(_) => 79408,
+            ProxyError::Overloaded => 79429,
         }
     }
 
@@ -206,6 +227,9 @@ mod tests {
                 host: String::new(),
             },
             ProxyError::NoCredential(String::new()),
+            ProxyError::BodyTooLarge(0),
+            ProxyError::RequestTimeout(std::time::Duration::ZERO),
+            ProxyError::Overloaded,
         ];
         let mut codes: Vec<u32> = errors.iter().map(ProxyError::code).collect();
         codes.push(70051);

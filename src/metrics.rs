@@ -4,8 +4,8 @@
 //! account SID, result. Never a raw path, a query string or anything secret.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets in seconds: sub-millisecond sidecar work up to slow Twilio calls.
@@ -49,6 +49,8 @@ pub struct Metrics {
     pub oauth_replays: IntCounterVec,
     /// Requests answered 503 because no usable credential was available, by account.
     pub no_credential: IntCounterVec,
+    /// Requests shed (503) at `limits.max_concurrent_requests`.
+    pub load_shed: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -158,6 +160,10 @@ impl Metrics {
             ),
             &["account"],
         )?;
+        let load_shed = IntCounter::new(
+            "load_shed_total",
+            "Requests shed with 503 because limits.max_concurrent_requests were in flight.",
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("build_info", "Always 1; labels carry the version."),
             &["version"],
@@ -182,6 +188,7 @@ impl Metrics {
         registry.register(Box::new(oauth_seconds_until_expiry.clone()))?;
         registry.register(Box::new(oauth_replays.clone()))?;
         registry.register(Box::new(no_credential.clone()))?;
+        registry.register(Box::new(load_shed.clone()))?;
         registry.register(Box::new(build_info))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
@@ -206,6 +213,7 @@ impl Metrics {
             oauth_seconds_until_expiry,
             oauth_replays,
             no_credential,
+            load_shed,
         })
     }
 

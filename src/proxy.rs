@@ -27,7 +27,7 @@ use std::time::Instant;
 use http::header::{self, HeaderName};
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
 use tracing::{info, warn};
@@ -39,7 +39,7 @@ use crate::metrics::Metrics;
 use crate::policy::Verdict;
 use crate::route::RouteSource;
 use crate::state::{SharedState, State};
-use crate::upstream::Body;
+use crate::upstream::{RequestBody, ResponseBody as Body};
 
 /// Echoed back to the app and written to the access log.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -139,19 +139,54 @@ impl Proxy {
         let _in_flight = InFlight(&self.metrics);
         // One snapshot for the whole request: a reload mid-request cannot mix generations.
         let state = self.state.load();
-        let request_id = self.request_id(req.headers());
+        let request_id = self.request_id(req.headers().get(&X_REQUEST_ID));
         let method = req.method().clone();
         let uri = req.uri().clone();
 
         let mut record = Record::default();
-        let mut response = match self.pipeline(&state, req, &mut record).await {
-            Ok(response) => response,
-            Err(error) => error.to_response().map(Either::Right),
+        // The whole-request limit is applied here rather than by an outer layer so that a
+        // request that runs out of time still gets its metrics and access-log line.
+        let limit = state.config.limits.request_timeout;
+        let outcome = tokio::time::timeout(limit, self.pipeline(&state, req, &mut record)).await;
+        let response = match outcome {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => error.to_response().map(Either::Right),
+            Err(_) => ProxyError::RequestTimeout(limit)
+                .to_response()
+                .map(Either::Right),
         };
-        response
-            .headers_mut()
-            .insert(X_REQUEST_ID, request_id.clone());
+        self.finish(response, &record, &method, &uri, request_id, started)
+    }
 
+    /// The answer for a request shed because `limits.max_concurrent_requests` are in flight:
+    /// 503 with `Retry-After`, counted and logged like any other request.
+    pub fn shed(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        app_request_id: Option<&HeaderValue>,
+    ) -> Response<Body> {
+        let started = Instant::now();
+        self.metrics.load_shed.inc();
+        let record = Record {
+            decision: "shed",
+            ..Record::default()
+        };
+        let response = ProxyError::Overloaded.to_response().map(Either::Right);
+        let request_id = self.request_id(app_request_id);
+        self.finish(response, &record, method, uri, request_id, started)
+    }
+
+    /// Adds the request id, then records the metrics and the access-log line.
+    fn finish(
+        &self,
+        mut response: Response<Body>,
+        record: &Record<'_>,
+        method: &Method,
+        uri: &Uri,
+        request_id: HeaderValue,
+        started: Instant,
+    ) -> Response<Body> {
         let status = response.status();
         let elapsed = started.elapsed();
         self.metrics
@@ -160,7 +195,7 @@ impl Proxy {
                 record.decision,
                 record.rule,
                 record.host,
-                method_label(&method),
+                method_label(method),
                 status.as_str(),
             ])
             .inc();
@@ -186,6 +221,7 @@ impl Proxy {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-"),
         );
+        response.headers_mut().insert(X_REQUEST_ID, request_id);
         response
     }
 
@@ -244,6 +280,12 @@ impl Proxy {
         };
         let host = route.host;
 
+        // A stated body length over the limit is refused before anything else happens.
+        let max = state.config.limits.max_request_body;
+        if body.size_hint().lower() > max {
+            return Err(ProxyError::BodyTooLarge(max));
+        }
+
         // Phase 5: credential. An OAuth2 account may wait briefly for a token (bounded); a
         // static one never waits.
         let attached = self.attach(account, record.account).await?;
@@ -265,26 +307,40 @@ impl Proxy {
         // hyper picks HTTP/2 or 1.1 upstream by ALPN, whatever the app spoke.
         parts.version = Version::HTTP_11;
 
-        // A bearer request with a small, known-length body is buffered so it can be replayed
-        // once if Twilio rejects the token; everything else streams.
-        let limit = state.config.oauth.replay_body_limit;
-        let replayable =
-            attached.bearer.is_some() && body.size_hint().upper().is_some_and(|n| n <= limit);
-        let (body, replay) = if replayable {
-            let bytes = Limited::new(body, limit as usize)
+        // The body never exceeds limits.max_request_body on its way to Twilio. One of unknown
+        // length (chunked) is read first, bounded, so an oversized one never reaches Twilio; a
+        // small bearer-request body is buffered too, so the request can be replayed after a
+        // 401. Everything else streams.
+        let max = state.config.limits.max_request_body;
+        let replay_limit = state.config.oauth.replay_body_limit;
+        let known = body.size_hint().upper();
+        let limited = Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX));
+        let buffer = known.is_none()
+            || (attached.bearer.is_some() && known.is_some_and(|n| n <= replay_limit));
+        let (body, replay) = if buffer {
+            let bytes = limited
                 .collect()
                 .await
-                .map_err(|e| ProxyError::BadBody(e.to_string()))?
+                .map_err(|e| {
+                    if e.is::<LengthLimitError>() {
+                        ProxyError::BodyTooLarge(max)
+                    } else {
+                        ProxyError::BadBody(e.to_string())
+                    }
+                })?
                 .to_bytes();
-            let copy = (
-                parts.method.clone(),
-                parts.uri.clone(),
-                parts.headers.clone(),
-                bytes.clone(),
-            );
-            (Either::Right(Full::new(bytes)), Some(copy))
+            let replay =
+                (attached.bearer.is_some() && bytes.len() as u64 <= replay_limit).then(|| {
+                    (
+                        parts.method.clone(),
+                        parts.uri.clone(),
+                        parts.headers.clone(),
+                        bytes.clone(),
+                    )
+                });
+            (Either::Right(Full::new(bytes)), replay)
         } else {
-            (Either::Left(body), None)
+            (Either::Left(limited), None)
         };
 
         // Phase 7: upstream call.
@@ -341,7 +397,7 @@ impl Proxy {
         &self,
         state: &State,
         host: &str,
-        req: Request<Body>,
+        req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let sent = Instant::now();
         let result = state.upstream.send(req).await;
@@ -363,8 +419,8 @@ impl Proxy {
     }
 
     /// The app's `X-Request-Id` when it is short and printable, else a new one.
-    fn request_id(&self, headers: &HeaderMap) -> HeaderValue {
-        if let Some(v) = headers.get(&X_REQUEST_ID) {
+    fn request_id(&self, from_app: Option<&HeaderValue>) -> HeaderValue {
+        if let Some(v) = from_app {
             let b = v.as_bytes();
             if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
                 return v.clone();
@@ -448,5 +504,29 @@ mod tests {
     fn method_labels_are_bounded() {
         assert_eq!(method_label(&Method::POST), "POST");
         assert_eq!(method_label(&Method::from_bytes(b"post").unwrap()), "OTHER");
+    }
+}
+
+/// The proxy as a tower service, so the listener can put tower's limit layers in front of it.
+#[derive(Debug, Clone)]
+pub struct ProxyService(pub Arc<Proxy>);
+
+impl tower::Service<Request<Incoming>> for ProxyService {
+    type Response = Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<Body>, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let proxy = self.0.clone();
+        Box::pin(async move { Ok(proxy.handle(req).await) })
     }
 }

@@ -106,18 +106,7 @@ impl Reloader {
 
         match built {
             Ok(state) => {
-                for (what, old, new) in [
-                    (
-                        "listen.address",
-                        previous.config.listen,
-                        state.config.listen,
-                    ),
-                    ("admin.address", previous.config.admin, state.config.admin),
-                ] {
-                    if old != new {
-                        warn!(key = what, old = %old, new = %new, "changing a listen address needs a restart; still listening on the old one, the rest of the reload applies");
-                    }
-                }
+                warn_restart_needed(&previous.config, &state.config);
                 for w in &state.warnings {
                     warn!(warning = %w, "config warning");
                 }
@@ -210,4 +199,30 @@ pub fn fingerprint(config_path: &Path) -> u64 {
         }
     }
     h.finish()
+}
+
+/// Logs the settings a reload cannot apply to running listeners.
+fn warn_restart_needed(old: &Config, new: &Config) {
+    let (o, n) = (&old.limits, &new.limits);
+    let changed = [
+        ("listen.address", old.listen != new.listen),
+        ("admin.address", old.admin != new.admin),
+        ("listen.unix", old.unix != new.unix),
+        (
+            "limits.header_read_timeout",
+            o.header_read_timeout != n.header_read_timeout,
+        ),
+        (
+            "limits.max_header_bytes",
+            o.max_header_bytes != n.max_header_bytes,
+        ),
+        (
+            "limits.max_concurrent_requests",
+            o.max_concurrent_requests != n.max_concurrent_requests,
+        ),
+        ("limits.drain_timeout", o.drain_timeout != n.drain_timeout),
+    ];
+    for (key, _) in changed.iter().filter(|(_, c)| *c) {
+        warn!(key, "changing a listen address or a listener limit needs a restart; still using the old value, the rest of the reload applies");
+    }
 }

@@ -1,12 +1,14 @@
-//! The accept loop shared by the proxy and admin listeners.
+//! The accept loop shared by the proxy (TCP and unix socket) and admin listeners.
 //!
 //! Takes an already-bound listener and a shutdown future, so tests bind port 0 and callers
 //! decide what "shut down" means. Speaks HTTP/1.1 and HTTP/2 with prior knowledge (h2c) on the
-//! same port. On shutdown it stops accepting, lets in-flight requests finish up to the drain
-//! deadline, then returns.
+//! same port, with a header-read timeout and a header size cap. On shutdown it stops accepting
+//! (new connections are refused), lets in-flight requests finish up to the drain deadline,
+//! then returns.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -15,25 +17,68 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
 use tracing::{debug, warn};
 
-use crate::upstream::Body;
+use crate::upstream::ResponseBody;
 
-/// Serves `handler` on `listener` until `shutdown` completes, then drains for up to `drain`.
-pub async fn serve<H, F>(
-    listener: TcpListener,
+/// Connection-level limits.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerOptions {
+    /// A client must send its complete request head within this (slow-loris protection).
+    pub header_read_timeout: Duration,
+    /// Largest request head accepted (HTTP/1 read buffer, HTTP/2 header list).
+    pub max_header_bytes: usize,
+    /// How long in-flight requests may run on after shutdown starts.
+    pub drain: Duration,
+}
+
+/// Something connections come from.
+pub trait Acceptor: Send + 'static {
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept(&self) -> impl Future<Output = io::Result<(Self::Io, String)>> + Send;
+}
+
+impl Acceptor for TcpListener {
+    type Io = tokio::net::TcpStream;
+    async fn accept(&self) -> io::Result<(Self::Io, String)> {
+        let (stream, peer) = TcpListener::accept(self).await?;
+        // Small request/response exchanges: do not wait to coalesce.
+        let _ = stream.set_nodelay(true);
+        Ok((stream, peer.to_string()))
+    }
+}
+
+impl Acceptor for UnixListener {
+    type Io = tokio::net::UnixStream;
+    async fn accept(&self) -> io::Result<(Self::Io, String)> {
+        let (stream, _) = UnixListener::accept(self).await?;
+        Ok((stream, "unix".to_string()))
+    }
+}
+
+/// Serves `handler` on `listener` until `shutdown` completes, then drains.
+pub async fn serve<L, H, F>(
+    listener: L,
     handler: H,
     shutdown: impl Future<Output = ()>,
-    drain: Duration,
+    options: ServerOptions,
 ) where
+    L: Acceptor,
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
+    F: Future<Output = Response<ResponseBody>> + Send + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // The timer enables hyper's header-read timeout, which cuts off clients that trickle headers.
-    builder.http1().timer(TokioTimer::new());
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout)
+        .max_buf_size(options.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
 
@@ -41,7 +86,6 @@ pub async fn serve<H, F>(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
                     let handler = handler.clone();
                     let service = service_fn(move |req| {
                         let fut = handler(req);
@@ -66,11 +110,12 @@ pub async fn serve<H, F>(
             () = &mut shutdown => break,
         }
     }
+    // Dropping the listener closes the socket: new connections are refused from here on.
     drop(listener);
     tokio::select! {
         () = graceful.shutdown() => {}
-        () = tokio::time::sleep(drain) => {
-            warn!(deadline_ms = drain.as_millis() as u64, "drain deadline reached with requests still in flight");
+        () = tokio::time::sleep(options.drain) => {
+            warn!(deadline_ms = options.drain.as_millis() as u64, "drain deadline reached with requests still in flight");
         }
     }
 }

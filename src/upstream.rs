@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{Either, Full};
+use http_body_util::{Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::dns::Name;
@@ -29,8 +29,11 @@ use rustls_pki_types::CertificateDer;
 use crate::config::UpstreamConfig;
 use crate::error::UpstreamFailure;
 
-/// Request and response bodies: streamed from the peer, or built by the sidecar.
-pub type Body = Either<Incoming, Full<Bytes>>;
+/// Request bodies to Twilio: the app's, streamed under the body limit, or bytes the sidecar
+/// holds (a buffered body, a token request).
+pub type RequestBody = Either<Limited<Incoming>, Full<Bytes>>;
+/// Response bodies to the app: Twilio's, streamed, or one the sidecar made.
+pub type ResponseBody = Either<Incoming, Full<Bytes>>;
 
 /// Resolves every Twilio host to `connect_to` when set, else through the system resolver.
 #[derive(Clone, Debug)]
@@ -68,7 +71,7 @@ impl tower_service::Service<Name> for Resolver {
 
 /// The pooled client and the settings it was built from.
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector<Resolver>>, Body>,
+    client: Client<HttpsConnector<HttpConnector<Resolver>>, RequestBody>,
     request_timeout: Duration,
     settings: UpstreamConfig,
     ca_pem: Option<Vec<u8>>,
@@ -192,7 +195,10 @@ impl Upstream {
     }
 
     /// Sends `req` (whose URI is `https://{twilio host}{path}`) and waits for the response head.
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, UpstreamFailure> {
+    pub async fn send(
+        &self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, UpstreamFailure> {
         match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(classify(&e)),

@@ -309,7 +309,9 @@ async fn credential_follows_the_account_in_the_path() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twilio_responses_pass_through_untouched_and_bodies_stream_both_ways() {
-    let h = Harness::start().await;
+    // Room for a 1.5 MB body (the default limit is 1 MiB).
+    let policy = format!("{POLICY}\n[limits]\nmax_request_body = 4194304\n");
+    let h = Harness::start_with(|ctx| standard_config(ctx, "", &policy)).await;
     let twilio_error = r#"{"code": 20404, "message": "The requested resource was not found", "more_info": "https://www.twilio.com/docs/errors/20404", "status": 404}"#;
     h.stand_in.set_responder(move |r| {
         if r.target.ends_with("/Missing.json") {

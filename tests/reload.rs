@@ -302,7 +302,8 @@ async fn sighup_and_editor_writes_trigger_reloads_and_listen_changes_need_a_rest
     }
     let logs = h.logs().join("\n");
     assert!(
-        logs.contains("changing a listen address needs a restart"),
+        logs.contains("changing a listen address or a listener limit needs a restart")
+            && logs.contains("listen.address"),
         "{logs}"
     );
     let m = h.metrics().await;

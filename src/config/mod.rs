@@ -28,6 +28,8 @@ pub struct Config {
     /// Where it was read from, when it came from a file.
     pub path: Option<PathBuf>,
     pub listen: SocketAddr,
+    /// `listen.unix`: also serve apps on this unix socket.
+    pub unix: Option<UnixListen>,
     pub admin: SocketAddr,
     pub upstream: UpstreamConfig,
     pub accounts: Vec<AccountConfig>,
@@ -36,6 +38,46 @@ pub struct Config {
     pub oauth: OAuthSettings,
     /// `[reload]`: file watching.
     pub reload: ReloadConfig,
+    /// `[limits]`: bounds on what one request or client may take.
+    pub limits: Limits,
+}
+
+/// `listen.unix` and `listen.unix_mode`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnixListen {
+    pub path: PathBuf,
+    /// File mode of the socket, e.g. `0o660`.
+    pub mode: u32,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// From request received to response head sent, everything included.
+    pub request_timeout: Duration,
+    /// A client must send its complete request head within this.
+    pub header_read_timeout: Duration,
+    /// Larger request bodies get 413 and never reach Twilio.
+    pub max_request_body: u64,
+    /// Largest request head (HTTP/1 buffer, HTTP/2 header list).
+    pub max_header_bytes: usize,
+    /// Requests handled at once; beyond it, 503 with `Retry-After`.
+    pub max_concurrent_requests: usize,
+    /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            request_timeout: Duration::from_secs(60),
+            header_read_timeout: Duration::from_secs(10),
+            max_request_body: 1024 * 1024,
+            max_header_bytes: 64 * 1024,
+            max_concurrent_requests: 1024,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// `[reload]`.
@@ -231,13 +273,14 @@ impl Config {
 
 fn read_config(table: &toml::Table, base: &Path, d: &mut Diagnostics) -> Option<Config> {
     let mut root = Section::new("", table);
-    let listen = read_address(&mut root, d, "listen", DEFAULT_LISTEN);
+    let (listen, unix) = read_listen(&mut root, d, base);
     let admin = read_address(&mut root, d, "admin", DEFAULT_ADMIN);
     let upstream = read_upstream(&mut root, d, base);
     let accounts = read_accounts(&mut root, d, base);
     let policy = read_policy(&mut root, d, base);
     let oauth = read_oauth(&mut root, d);
     let reload = read_reload(&mut root, d);
+    let limits = read_limits(&mut root, d);
     root.finish(d);
 
     let (listen, admin) = (listen?, admin?);
@@ -255,13 +298,102 @@ fn read_config(table: &toml::Table, base: &Path, d: &mut Diagnostics) -> Option<
     Some(Config {
         path: None,
         listen,
+        unix,
         admin,
         upstream: upstream?,
         accounts: accounts?,
         policy: policy?,
         oauth: oauth?,
         reload: reload?,
+        limits: limits?,
     })
+}
+
+/// `[limits]`: every key optional.
+fn read_limits(root: &mut Section<'_>, d: &mut Diagnostics) -> Option<Limits> {
+    let mut out = Limits::default();
+    let Some(mut s) = root.table(d, "limits") else {
+        return if root.get("limits").is_some() {
+            None
+        } else {
+            Some(out)
+        };
+    };
+    let before = d.errors.len();
+    for (key, slot) in [
+        ("request_timeout", &mut out.request_timeout),
+        ("header_read_timeout", &mut out.header_read_timeout),
+        ("drain_timeout", &mut out.drain_timeout),
+    ] {
+        if let Some(v) = s.duration(d, key) {
+            *slot = v;
+        }
+    }
+    if let Some(n) = s.count(d, "max_request_body") {
+        out.max_request_body = n;
+    }
+    if let Some(n) = s.count(d, "max_header_bytes") {
+        if n < 8192 {
+            d.error(s.key("max_header_bytes"), "must be at least 8192");
+        }
+        out.max_header_bytes = usize::try_from(n).unwrap_or(usize::MAX);
+    }
+    if let Some(n) = s.count(d, "max_concurrent_requests") {
+        if n == 0 {
+            d.error(s.key("max_concurrent_requests"), "must be at least 1");
+        }
+        out.max_concurrent_requests = usize::try_from(n).unwrap_or(usize::MAX);
+    }
+    s.finish(d);
+    (d.errors.len() == before).then_some(out)
+}
+
+/// `[listen]`: `address`, and optionally `unix` with `unix_mode`.
+fn read_listen(
+    root: &mut Section<'_>,
+    d: &mut Diagnostics,
+    base: &Path,
+) -> (Option<SocketAddr>, Option<UnixListen>) {
+    let fallback = DEFAULT_LISTEN.parse().ok();
+    let Some(mut s) = root.table(d, "listen") else {
+        return (
+            if root.get("listen").is_some() {
+                None
+            } else {
+                fallback
+            },
+            None,
+        );
+    };
+    let address = match s.string(d, "address") {
+        Some(a) => parse_addr(d, s.key("address"), a),
+        None => fallback,
+    };
+    let mode = match s.string(d, "unix_mode") {
+        Some(m) => match u32::from_str_radix(m.trim_start_matches("0o"), 8) {
+            Ok(mode) if mode <= 0o777 => Some(mode),
+            _ => {
+                d.error(
+                    s.key("unix_mode"),
+                    format!("expected an octal file mode such as \"0660\", found {m:?}"),
+                );
+                None
+            }
+        },
+        None => Some(0o660),
+    };
+    let unix = s.string(d, "unix").and_then(|p| {
+        if p.is_empty() {
+            d.error(s.key("unix"), "must be a socket path");
+            return None;
+        }
+        mode.map(|mode| UnixListen {
+            path: base.join(p),
+            mode,
+        })
+    });
+    s.finish(d);
+    (address, unix)
 }
 
 /// `[reload]`: every key optional.
