@@ -25,4 +25,15 @@ if [ -d ../shared/twilio-oai/spec/json ]; then
   python3 scripts/gen_catalogue.py --check
 fi
 
-cargo test --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --locked 2>&1 | tee "$log"
+passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
+
+# deploy/: Kubernetes manifests against the Kubernetes schemas, embedded configs, alert rules,
+# the systemd unit.
+bash scripts/validate-deploy.sh target/debug/twilio-sidecar
+
+# One closing line for the whole Rust suite.
+echo "tests: ${passed} passed, ${failed} failed"

@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""Checks of deploy/ that need more than a schema (called by scripts/validate-deploy.sh).
+
+- Every sidecar.toml embedded in a ConfigMap passes `twilio-sidecar validate --skip-secrets`.
+- The ServiceMonitor has the fields the Prometheus Operator needs.
+- Every alert rule has alert, expr, severity and summary, and every twilio_sidecar_* metric it
+  uses is one the binary exports (checked against a real /metrics-style listing: src/metrics.rs).
+"""
+import pathlib
+import re
+import subprocess
+import sys
+import tempfile
+
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def fail(msg: str) -> None:
+    print(f"check_deploy: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def main() -> None:
+    binary = sys.argv[1]
+    configs = 0
+    for path in sorted((ROOT / "deploy" / "kubernetes").rglob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc:
+                continue
+            if doc.get("kind") == "ConfigMap" and "sidecar.toml" in doc.get("data", {}):
+                with tempfile.TemporaryDirectory() as tmp:
+                    cfg = pathlib.Path(tmp) / "sidecar.toml"
+                    cfg.write_text(doc["data"]["sidecar.toml"])
+                    run = subprocess.run([binary, "validate", "--config", str(cfg), "--skip-secrets"],
+                                         capture_output=True, text=True)
+                    if run.returncode != 0:
+                        fail(f"{path.relative_to(ROOT)}: embedded sidecar.toml does not validate:\n{run.stderr}{run.stdout}")
+                configs += 1
+            if doc.get("kind") == "ServiceMonitor":
+                eps = doc.get("spec", {}).get("endpoints", [])
+                if not doc["spec"].get("selector") or not eps or not all(e.get("port") for e in eps):
+                    fail(f"{path.relative_to(ROOT)}: ServiceMonitor needs a selector and endpoints with a port")
+    if configs == 0:
+        fail("no embedded sidecar.toml found")
+
+    exported = set(re.findall(r'"([a-z_]+)"', (ROOT / "src" / "metrics.rs").read_text()))
+    alerts = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yaml").read_text())
+    rules = [r for g in alerts["groups"] for r in g["rules"]]
+    for rule in rules:
+        for key in ("alert", "expr"):
+            if not rule.get(key):
+                fail(f"alert rule without {key}: {rule}")
+        if rule.get("labels", {}).get("severity") not in ("critical", "warning", "info"):
+            fail(f"{rule['alert']}: severity must be critical, warning or info")
+        if not rule.get("annotations", {}).get("summary"):
+            fail(f"{rule['alert']}: no summary")
+        for metric in re.findall(r"twilio_sidecar_([a-z_]+)", rule["expr"]):
+            base = re.sub(r"_(bucket|sum|count)$", "", metric)
+            if base not in exported:
+                fail(f"{rule['alert']}: twilio_sidecar_{metric} is not a metric the sidecar exports")
+    print(f"check_deploy: {configs} embedded configs validate; {len(rules)} alert rules use only exported metrics")
+
+
+if __name__ == "__main__":
+    main()
