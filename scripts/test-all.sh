@@ -20,6 +20,10 @@ apt_install() {
 # The dev-mode test pastes the curl commands `twilio-sidecar dev` prints into a shell.
 have curl || apt_install curl
 
+# The SDK interop test: the official Twilio SDKs (PyPI, npm) and Stoplight Prism (npm).
+python3 -m pip install -q --disable-pip-version-check -r tests/sdk/requirements.txt
+(cd tests/sdk && npm ci --no-audit --no-fund --loglevel=error)
+
 # The committed operation catalogue must match Twilio's specs, where they are present.
 if [ -d ../shared/twilio-oai/spec/json ]; then
   python3 scripts/gen_catalogue.py --check
@@ -28,6 +32,8 @@ fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --locked 2>&1 | tee "$log"
+# Needs the packages above and ../shared's specs, so it is #[ignore]d in a plain `cargo test`.
+cargo test --locked --test sdk_interop -- --ignored 2>&1 | tee -a "$log"
 passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
 

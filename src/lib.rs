@@ -18,6 +18,7 @@
 //! - [`policy`]: the rule language ([`policy::rule`]), its compiled matcher and its lint.
 //! - [`credentials`]: each account's ready-made `Authorization` header.
 //! - [`upstream`]: pooled hyper-util client over rustls; `connect_to` override.
+//! - [`paging`]: paging links in JSON pages pointed back at the sidecar.
 //! - [`error`]: Twilio-shaped JSON errors and their codes.
 //!
 //! Beside it: [`config`] (TOML in, every problem at once), [`state`] (the arc-swapped
@@ -37,6 +38,7 @@ pub mod dev;
 pub mod error;
 pub mod gate;
 pub mod metrics;
+pub mod paging;
 pub mod policy;
 pub mod proxy;
 pub mod reload;

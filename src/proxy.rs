@@ -15,7 +15,8 @@
 //! 7. **upstream call** — pooled, verified TLS; 502/504 on failure. A 401 to a bearer token
 //!    drops that token and replays the request once with a new one, when it was buffered.
 //! 8. **response** — hop-by-hop headers dropped, everything else (Twilio's own errors too)
-//!    passed back as received, body streamed.
+//!    passed back as received, body streamed; except that a JSON page's paging links are
+//!    pointed back at the sidecar ([`crate::paging`]).
 //!
 //! A phase that refuses returns a [`ProxyError`]; [`Proxy::handle`] is the one place that turns
 //! it into a response, records metrics and writes the access-log line.
@@ -24,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
@@ -36,6 +38,7 @@ use crate::credentials::{Account, Attached};
 use crate::error::{ProxyError, UpstreamFailure};
 use crate::gate::{Gate, Trace};
 use crate::metrics::Metrics;
+use crate::paging::{rewrite_links, LinkBase, MAX_REWRITE_BODY};
 use crate::policy::Verdict;
 use crate::route::RouteSource;
 use crate::state::{SharedState, State};
@@ -265,6 +268,17 @@ impl Proxy {
 
         // The forwarded target: the original bytes, minus a stripped host prefix.
         let route = admission.route;
+        // A GET may come back as a page of a list whose links must point back here: keep what
+        // the rewrite needs (reference-counted clones; the link base is built only if needed).
+        let paging = (parts.method == Method::GET).then(|| {
+            let authority = parts.headers.get(header::HOST).cloned().or_else(|| {
+                parts
+                    .uri
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            });
+            (route.source, authority)
+        });
         let path_and_query = match (route.source, parts.uri.path_and_query()) {
             (RouteSource::PathPrefix, _) | (_, None) => {
                 let mut pq =
@@ -301,6 +315,13 @@ impl Proxy {
             parts.headers.remove(header::CONTENT_LENGTH);
         }
         strip_request_headers(&mut parts.headers);
+        if paging.is_some() {
+            // Paging links can only be rewritten in a body that is not compressed.
+            parts.headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
         parts
             .headers
             .insert(header::AUTHORIZATION, attached.header.clone());
@@ -381,7 +402,55 @@ impl Proxy {
         // Phase 8: response.
         strip_response_headers(response.headers_mut());
         record.twilio_request_id = response.headers().get(TWILIO_REQUEST_ID).cloned();
+        if let Some((source, authority)) = paging {
+            if let Some(len) = rewritable_json(&response) {
+                let default_host = hosts.name(state.gate.router.default_host);
+                let base = LinkBase::for_request(source, authority.as_ref(), default_host);
+                return self
+                    .rewrite_paging(response, len, base, hosts, record.host)
+                    .await;
+            }
+        }
         Ok(response.map(Either::Left))
+    }
+
+    /// Buffers a (bounded, uncompressed) JSON page and points its paging links back here.
+    async fn rewrite_paging(
+        &self,
+        response: Response<Incoming>,
+        len: u64,
+        base: Option<LinkBase>,
+        hosts: &crate::route::Hosts,
+        host: &str,
+    ) -> Result<Response<Body>, ProxyError> {
+        let (mut parts, body) = response.into_parts();
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|_| {
+                self.metrics
+                    .upstream_errors
+                    .with_label_values(&[host, UpstreamFailure::Protocol.as_str()])
+                    .inc();
+                ProxyError::UpstreamUnreachable {
+                    host: host.to_string(),
+                    kind: UpstreamFailure::Protocol,
+                }
+            })?
+            .to_bytes();
+        let body = match base.and_then(|b| rewrite_links(&bytes, &b, hosts)) {
+            Some(rewritten) => {
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
+                Bytes::from(rewritten)
+            }
+            None => {
+                debug_assert_eq!(bytes.len() as u64, len);
+                bytes
+            }
+        };
+        Ok(Response::from_parts(parts, Either::Right(Full::new(body))))
     }
 
     /// The account's credential; a missing one is counted and becomes a 503.
@@ -529,4 +598,23 @@ impl tower::Service<Request<Incoming>> for ProxyService {
         let proxy = self.0.clone();
         Box::pin(async move { Ok(proxy.handle(req).await) })
     }
+}
+
+/// The length of a response whose paging links may be rewritten: a successful, uncompressed
+/// JSON body of a known size up to [`MAX_REWRITE_BODY`].
+fn rewritable_json(response: &Response<Incoming>) -> Option<u64> {
+    let headers = response.headers();
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let ct = ct.trim_start().to_ascii_lowercase();
+            ct.starts_with("application/json")
+                || (ct.starts_with("application/") && ct.contains("+json"))
+        });
+    let identity = headers
+        .get(header::CONTENT_ENCODING)
+        .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let len = response.body().size_hint().exact()?;
+    (response.status().is_success() && json && identity && len <= MAX_REWRITE_BODY).then_some(len)
 }

@@ -45,6 +45,11 @@ impl std::fmt::Debug for ThrowawayPki {
 }
 
 impl ThrowawayPki {
+    /// The server certificate's private key (PKCS#8), for TLS servers other than [`StandIn`].
+    pub fn server_key_der(&self) -> PrivatePkcs8KeyDer<'static> {
+        self.server_key.clone_key()
+    }
+
     /// A new CA and a server certificate for `names`.
     pub fn new(names: &[&str]) -> Result<ThrowawayPki, rcgen::Error> {
         let ca_key = KeyPair::generate()?;

@@ -695,3 +695,90 @@ async fn audit_mode_forwards_would_be_denials_and_counts_them() {
     assert!(logs.contains("would be denied in enforce mode"), "{logs}");
     assert!(logs.contains(r#""decision":"audit_deny""#), "{logs}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paging_links_point_back_at_the_sidecar_in_the_form_the_request_came_in() {
+    let page = r#"{"conversations": [], "meta": {"page": 0, "page_size": 1, "first_page_url": "https://conversations.twilio.com/v1/Conversations?PageSize=1&Page=0", "previous_page_url": null, "url": "https://conversations.twilio.com/v1/Conversations?PageSize=1&Page=0", "next_page_url": "https://conversations.twilio.com/v1/Conversations?PageSize=1&Page=1&PageToken=PT1", "key": "conversations"}}"#;
+    let policy = POLICY.replace(
+        "allow = [",
+        "allow = [\n  \"GET conversations.twilio.com /v1/Conversations*\",",
+    );
+    let h = Harness::start_with(|ctx| standard_config(ctx, "", &policy)).await;
+    h.stand_in.set_responder(move |_| Reply {
+        status: StatusCode::OK,
+        headers: vec![(
+            "content-type".into(),
+            "application/json; charset=utf-8".into(),
+        )],
+        body: Bytes::from_static(page.as_bytes()),
+        delay: Duration::ZERO,
+    });
+    let next = |resp: &RawResponse| {
+        resp.json()["meta"]["next_page_url"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+
+    // Host-prefix form: links keep the prefix and the sidecar's address.
+    let resp = h
+        .send(
+            "GET",
+            "/conversations.twilio.com/v1/Conversations?PageSize=1",
+            &[("Host", "sidecar.local:8080"), ("Accept-Encoding", "gzip")],
+            b"",
+        )
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(next(&resp), "http://sidecar.local:8080/conversations.twilio.com/v1/Conversations?PageSize=1&Page=1&PageToken=PT1");
+    assert_eq!(
+        resp.json()["meta"]["url"],
+        "http://sidecar.local:8080/conversations.twilio.com/v1/Conversations?PageSize=1&Page=0"
+    );
+    assert_eq!(
+        resp.header("content-length")
+            .unwrap()
+            .parse::<usize>()
+            .unwrap(),
+        resp.body.len()
+    );
+    // The page was fetched uncompressed so that it could be rewritten.
+    assert_eq!(h.last_authorization(), vec![expected_authorization()]);
+    assert_eq!(
+        h.stand_in
+            .requests()
+            .last()
+            .unwrap()
+            .header_values("accept-encoding"),
+        vec!["identity"]
+    );
+
+    // Host-header form: links name the Twilio host over plain HTTP, to come back through here.
+    let resp = h
+        .send(
+            "GET",
+            "/v1/Conversations",
+            &[("Host", "conversations.twilio.com")],
+            b"",
+        )
+        .await;
+    assert_eq!(
+        next(&resp),
+        "http://conversations.twilio.com/v1/Conversations?PageSize=1&Page=1&PageToken=PT1"
+    );
+
+    // Following the rewritten link works.
+    let resp = h
+        .send(
+            "GET",
+            "/conversations.twilio.com/v1/Conversations?PageSize=1&Page=1&PageToken=PT1",
+            &[("Host", "sidecar.local:8080")],
+            b"",
+        )
+        .await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        h.stand_in.requests().last().unwrap().target,
+        "/v1/Conversations?PageSize=1&Page=1&PageToken=PT1"
+    );
+}

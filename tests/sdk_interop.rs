@@ -1,0 +1,395 @@
+//! The official Twilio SDKs (Python from PyPI, Node from npm) through the real sidecar, against
+//! a spec-driven Twilio stand-in: Stoplight Prism serving Twilio's OpenAPI specs (api v2010,
+//! verify v2, conversations v1, lookups v2, messaging v1) behind a TLS front with throwaway
+//! certificates for the Twilio host names, reached through `upstream.connect_to`.
+//!
+//! Prism validates every request against the spec (422 for one that violates it, 401 without
+//! credentials), so a request the sidecar mangles fails loudly, and the front records any
+//! such rejection as well as every request that arrives without the expected credential. (Not
+//! `--errors`: that also fails Twilio's own response examples, whose relative `*_uri` fields
+//! do not match their declared `uri` format.) The front also emulates Twilio's paging (a next
+//! page for the first Conversations page) so the SDKs must follow the sidecar's rewritten
+//! links.
+//!
+//! Needs the packages `scripts/test-all.sh` installs (tests/sdk: npm install; pip install -r
+//! tests/sdk/requirements.txt), hence `#[ignore]`: run with `cargo test --test sdk_interop --
+//! --ignored`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http::{header, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use twilio_sidecar::stand_in::ThrowawayPki;
+
+/// The specs served, by host.
+const SPECS: [(&str, &str); 5] = [
+    ("api.twilio.com", "twilio_api_v2010.json"),
+    ("verify.twilio.com", "twilio_verify_v2.json"),
+    ("conversations.twilio.com", "twilio_conversations_v1.json"),
+    ("lookups.twilio.com", "twilio_lookups_v2.json"),
+    ("messaging.twilio.com", "twilio_messaging_v1.json"),
+];
+
+/// The account the specs' examples use: their paging links name it, so the sidecar must hold it.
+const EXAMPLE_SID: &str = "ACaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+/// A messaging-centred policy: Calls are not allowed.
+const SDK_POLICY: &str = r#"
+[policy]
+allow = [
+  "POST /2010-04-01/Accounts/{AccountSid}/Messages.json",
+  "GET /2010-04-01/Accounts/{AccountSid}/Messages*",
+  "POST verify.twilio.com /v2/Services/*/Verifications",
+  "GET conversations.twilio.com /v1/Conversations*",
+  "GET lookups.twilio.com /v2/PhoneNumbers/*",
+  "GET messaging.twilio.com /v1/Services*",
+]
+"#;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+struct Prism {
+    children: Vec<Child>,
+    ports: HashMap<&'static str, u16>,
+}
+
+impl Drop for Prism {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts one Prism mock server per spec and waits until each accepts connections.
+fn start_prism() -> Prism {
+    let prism = root().join("tests/sdk/node_modules/.bin/prism");
+    assert!(
+        prism.exists(),
+        "Prism is not installed: run `npm install --prefix tests/sdk` (scripts/test-all.sh does)"
+    );
+    let specs = root().join("../shared/twilio-oai/spec/json");
+    let mut out = Prism {
+        children: Vec::new(),
+        ports: HashMap::new(),
+    };
+    for (host, spec) in SPECS {
+        let port = free_port();
+        let child = Command::new(&prism)
+            .args(["mock", "-h", "127.0.0.1", "-p", &port.to_string()])
+            .arg(specs.join(spec))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prism");
+        out.children.push(child);
+        out.ports.insert(host, port);
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for port in out.ports.values() {
+        while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "prism did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    out
+}
+
+/// What the TLS front saw that it should not have.
+#[derive(Default)]
+struct FrontLog {
+    violations: Vec<String>,
+    requests: Vec<(String, String, String)>,
+}
+
+/// The TLS front: terminates TLS for the Twilio names, checks the credential, forwards to the
+/// Prism for the host, and adds a second page to the first Conversations page.
+async fn start_front(
+    ports: HashMap<&'static str, u16>,
+    expected: String,
+) -> (SocketAddr, String, Arc<Mutex<FrontLog>>) {
+    let names: Vec<&str> = SPECS.iter().map(|(h, _)| *h).collect();
+    let pki = ThrowawayPki::new(&names).unwrap();
+    let ca_pem = pki.ca_pem.clone();
+    let acceptor = pki_acceptor(&pki);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = Arc::new(Mutex::new(FrontLog::default()));
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let (ports, log2, expected) = (Arc::new(ports), log.clone(), Arc::new(expected));
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, ports, log, client, expected) = (
+                acceptor.clone(),
+                ports.clone(),
+                log2.clone(),
+                client.clone(),
+                expected.clone(),
+            );
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |req| {
+                    let (ports, log, client, expected) =
+                        (ports.clone(), log.clone(), client.clone(), expected.clone());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            forward(req, &ports, &log, &client, &expected).await,
+                        )
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (addr, ca_pem, log)
+}
+
+fn pki_acceptor(pki: &ThrowawayPki) -> tokio_rustls::TlsAcceptor {
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(pki.server_key_der());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(pki.server_chain.clone(), key)
+        .unwrap();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(tls))
+}
+
+async fn forward(
+    req: Request<Incoming>,
+    ports: &HashMap<&'static str, u16>,
+    log: &Mutex<FrontLog>,
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    expected: &str,
+) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| parts.uri.authority().map(|a| a.host().to_string()))
+        .unwrap_or_default();
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or("/".to_string(), |pq| pq.to_string());
+    let auth = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|a| a.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    log.lock()
+        .unwrap()
+        .requests
+        .push((host.clone(), parts.method.to_string(), target.clone()));
+    if auth != expected {
+        log.lock().unwrap().violations.push(format!(
+            "{} {host}{target} arrived with Authorization {auth:?}",
+            parts.method
+        ));
+        return text(StatusCode::UNAUTHORIZED, "wrong credential");
+    }
+    let Some(port) = ports.get(host.as_str()) else {
+        log.lock()
+            .unwrap()
+            .violations
+            .push(format!("request for unserved host {host}"));
+        return text(StatusCode::BAD_GATEWAY, "no such host here");
+    };
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut upstream = Request::builder()
+        .method(parts.method.clone())
+        .uri(format!("http://127.0.0.1:{port}{target}"));
+    for (k, v) in &parts.headers {
+        if k != header::HOST {
+            upstream = upstream.header(k, v);
+        }
+    }
+    let resp = match client
+        .request(upstream.body(Full::new(body)).unwrap())
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            log.lock()
+                .unwrap()
+                .violations
+                .push(format!("prism unreachable: {e}"));
+            return text(StatusCode::BAD_GATEWAY, "prism unreachable");
+        }
+    };
+    let status = resp.status();
+    let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+    let mut bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    if status.is_client_error() || status.is_server_error() {
+        log.lock().unwrap().violations.push(format!(
+            "Prism rejected {} {host}{target}: {status} {}",
+            parts.method,
+            String::from_utf8_lossy(&bytes)
+        ));
+    }
+    // Twilio paging: the first page of Conversations has a next page.
+    if host == "conversations.twilio.com"
+        && parts.uri.path() == "/v1/Conversations"
+        && !target.contains("PageToken")
+    {
+        let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        v["meta"]["next_page_url"] =
+            "https://conversations.twilio.com/v1/Conversations?PageSize=1&Page=1&PageToken=PT1"
+                .into();
+        bytes = Bytes::from(v.to_string());
+    }
+    let mut out = Response::new(Full::new(bytes));
+    *out.status_mut() = status;
+    if let Some(ct) = content_type {
+        out.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    out
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r
+}
+
+/// Runs one SDK's scenario script and returns its JSON result line.
+fn run_scenarios(program: &str, script: &Path, sidecar: SocketAddr) -> serde_json::Value {
+    let out = Command::new(program)
+        .arg(script)
+        .env("SIDECAR_URL", format!("http://{sidecar}"))
+        .env("ACCOUNT_SID", EXAMPLE_SID)
+        .env_remove("TWILIO_EDGE")
+        .env_remove("TWILIO_REGION")
+        .env_remove("HTTP_PROXY")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .current_dir(root().join("tests/sdk"))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{program} {} failed:\n{stdout}\n{stderr}",
+        script.display()
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the SDK packages; scripts/test-all.sh installs them and runs this"]
+async fn official_sdks_through_the_sidecar_against_prism() {
+    let prism = start_prism();
+    let (front, front_ca, log) = start_front(prism.ports.clone(), expected_authorization()).await;
+    let h = Harness::start_with(|ctx| {
+        write(&ctx.dir, "front-ca.pem", &front_ca);
+        let allowed = SPECS
+            .iter()
+            .map(|(h, _)| format!("{h:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        standard_config(ctx, &format!("allowed_hosts = [{allowed}]"), SDK_POLICY)
+            .replace(
+                &format!("connect_to = \"{}\"", ctx.stand_in),
+                &format!("connect_to = \"{front}\""),
+            )
+            .replace("ca_file = \"ca.pem\"", "ca_file = \"front-ca.pem\"")
+            .replace(SID, EXAMPLE_SID)
+    })
+    .await;
+
+    for (program, script) in [
+        ("python3", "python_scenarios.py"),
+        ("node", "node_scenarios.js"),
+    ] {
+        let before = log.lock().unwrap().requests.len();
+        let results = run_scenarios(program, &root().join("tests/sdk").join(script), h.proxy);
+        eprintln!("{program}: {results}");
+        assert!(
+            results["message_created"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("SM") || s.starts_with("MM")),
+            "{results}"
+        );
+        assert_eq!(results["conversations_paged"], 2, "{results}");
+        assert_eq!(results["denied"]["status"], 403, "{results}");
+        assert_eq!(results["denied"]["code"], 70051, "{results}");
+        assert!(results["lookup"].is_string(), "{results}");
+        // The second Conversations page came through the sidecar, from the rewritten link.
+        let requests = log.lock().unwrap().requests[before..].to_vec();
+        let pages: Vec<_> = requests
+            .iter()
+            .filter(|(host, _, t)| {
+                host == "conversations.twilio.com" && t.starts_with("/v1/Conversations")
+            })
+            .collect();
+        assert_eq!(pages.len(), 2, "{requests:?}");
+        assert!(pages[1].2.contains("PageToken=PT1"), "{pages:?}");
+        assert!(requests
+            .iter()
+            .any(|(host, m, t)| host == "verify.twilio.com"
+                && m == "POST"
+                && t.ends_with("/Verifications")));
+        assert!(requests
+            .iter()
+            .any(|(host, _, t)| host == "lookups.twilio.com"
+                && t.starts_with("/v2/PhoneNumbers/")
+                && t.contains("15108675310")));
+        assert!(
+            !requests.iter().any(|(_, _, t)| t.contains("/Calls")),
+            "the denied call reached Twilio"
+        );
+    }
+    let log = log.lock().unwrap();
+    assert!(log.violations.is_empty(), "{:#?}", log.violations);
+    drop(prism);
+}
