@@ -1,0 +1,389 @@
+#!/usr/bin/env python3
+"""End-to-end load comparison: direct vs nginx vs HAProxy vs twilio-sidecar, one machine, one run.
+
+Started by benches/load.sh (which installs nginx, HAProxy and wrk and builds the sidecar). Every
+proxy does the same job: plain HTTP in; a method + path allow-list equivalent to the sidecar's
+policy (anything else gets 403); the app's Authorization/Cookie removed and an API-key
+Authorization header set; TLS out with certificate verification and SNI for api.twilio.com;
+a keep-alive pool to the upstream. The upstream is an nginx TLS server answering a fixed
+Twilio-like JSON body (HTTP/1.1 only, so every proxy speaks the same protocol to it). Each proxy
+gets the same number of workers (nginx worker_processes, HAProxy nbthread, tokio worker
+threads). Access logs are off everywhere.
+
+The load generator is wrk, with the same thread count for every target; targets are run in a
+rotating order within each round so drift hits all alike; figures are medians over rounds.
+Reported: req/s, p50/p99/p99.9 latency, proxy CPU seconds per 10k requests, proxy peak RSS,
+and ratios against nginx and against direct.
+
+    python3 benches/load.py --binary target/release/twilio-sidecar            # full run
+    python3 benches/load.py --binary target/debug/twilio-sidecar --smoke      # a few seconds
+"""
+import argparse
+import base64
+import json
+import os
+import pathlib
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SID = "AC0123456789abcdef0123456789abcdef"
+KEY_SID = "SK0123456789abcdef0123456789abcdef"
+SECRET = "load-test-secret-not-real"
+PATH = f"/2010-04-01/Accounts/{SID}/Messages.json"
+BODY = json.dumps({
+    "first_page_uri": PATH + "?PageSize=1&Page=0", "end": 0, "previous_page_uri": None,
+    "messages": [{"sid": "SM" + "a" * 32, "account_sid": SID, "status": "delivered",
+                  "body": "hello", "from": "+15005550006", "to": "+15005550006", "num_segments": "1",
+                  "date_created": "Thu, 30 Jul 2015 20:12:31 +0000", "price": None, "uri": PATH}],
+    "uri": PATH + "?PageSize=1&Page=0", "page_size": 1, "start": 0, "next_page_uri": None, "page": 0,
+})
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listening on {port}")
+
+
+def version(cmd) -> str:
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    return (out.stdout + out.stderr).strip().splitlines()[0]
+
+
+def make_certs(d: pathlib.Path) -> None:
+    def run(*args):
+        subprocess.run(args, check=True, capture_output=True)
+    run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"), "-days", "2", "-subj", "/CN=load test CA")
+    run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", str(d / "server.key"), "-out", str(d / "server.csr"), "-subj", "/CN=api.twilio.com")
+    (d / "ext.cnf").write_text("subjectAltName=DNS:api.twilio.com\nextendedKeyUsage=serverAuth\n")
+    run("openssl", "x509", "-req", "-in", str(d / "server.csr"), "-CA", str(d / "ca.pem"), "-CAkey", str(d / "ca.key"),
+        "-CAcreateserial", "-out", str(d / "server.pem"), "-days", "2", "-extfile", str(d / "ext.cnf"))
+
+
+class Proc:
+    """A started server and the processes whose CPU and memory count as its own."""
+
+    def __init__(self, name, popen, port):
+        self.name, self.popen, self.port = name, popen, port
+
+    def pids(self):
+        pids = [self.popen.pid]
+        try:
+            out = subprocess.run(["pgrep", "-P", str(self.popen.pid)], capture_output=True, text=True).stdout
+            pids += [int(p) for p in out.split()]
+        except FileNotFoundError:
+            pass
+        return pids
+
+    def cpu_seconds(self) -> float:
+        total = 0
+        for pid in self.pids():
+            try:
+                fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+            except OSError:
+                pass
+        return total / CLK_TCK
+
+    def memory_kib(self, key: str) -> int:
+        total = 0
+        for pid in self.pids():
+            try:
+                m = re.search(rf"^{key}:\s+(\d+) kB", pathlib.Path(f"/proc/{pid}/status").read_text(), re.M)
+                total += int(m.group(1)) if m else 0
+            except OSError:
+                pass
+        return total
+
+    def stop(self):
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+
+
+def start_upstream(d, workers) -> Proc:
+    port = free_port()
+    conf = d / "upstream.conf"
+    conf.write_text(f"""
+daemon off; master_process on; worker_processes {workers}; pid {d}/upstream.pid;
+error_log {d}/upstream-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{port} ssl;
+    ssl_certificate {d}/server.pem; ssl_certificate_key {d}/server.key;
+    ssl_session_cache shared:SSL:1m;
+    location / {{ default_type application/json; return 200 '{BODY}'; }}
+  }}
+}}
+""")
+    p = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(d)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return Proc("upstream", p, port)
+
+
+def start_nginx(d, workers, upstream, auth) -> Proc:
+    port = free_port()
+    conf = d / "nginx-proxy.conf"
+    conf.write_text(f"""
+daemon off; master_process on; worker_processes {workers}; pid {d}/nginx-proxy.pid;
+error_log {d}/nginx-proxy-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  upstream twilio {{ server 127.0.0.1:{upstream}; keepalive 256; }}
+  server {{
+    listen 127.0.0.1:{port};
+    # The allow-list: what the sidecar's policy allows, and nothing else.
+    location ~ ^/2010-04-01/Accounts/{SID}/Messages(\\.json|/.*)?$ {{
+      limit_except GET POST {{ deny all; }}
+      proxy_pass https://twilio;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host api.twilio.com;
+      proxy_set_header Authorization "{auth}";
+      proxy_set_header Cookie "";
+      proxy_set_header Proxy-Authorization "";
+      proxy_ssl_server_name on;
+      proxy_ssl_name api.twilio.com;
+      proxy_ssl_verify on;
+      proxy_ssl_trusted_certificate {d}/ca.pem;
+      proxy_ssl_session_reuse on;
+    }}
+    location / {{ default_type application/json; return 403 '{{"code":70051,"status":403}}'; }}
+  }}
+}}
+""")
+    p = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(d)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return Proc("nginx", p, port)
+
+
+def start_haproxy(d, workers, upstream, auth) -> Proc:
+    port = free_port()
+    conf = d / "haproxy.cfg"
+    conf.write_text(f"""
+global
+  nbthread {workers}
+  maxconn 8000
+  ssl-server-verify required
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+  http-reuse always
+frontend app
+  bind 127.0.0.1:{port}
+  acl allowed_path path_reg ^/2010-04-01/Accounts/{SID}/Messages(\\.json|/.*)?$
+  acl allowed_method method GET POST
+  http-request deny deny_status 403 unless allowed_path allowed_method
+  http-request del-header Cookie
+  http-request del-header Proxy-Authorization
+  http-request set-header Authorization "{auth}"
+  http-request set-header Host api.twilio.com
+  default_backend twilio
+backend twilio
+  server api 127.0.0.1:{upstream} ssl verify required ca-file {d}/ca.pem sni str(api.twilio.com) verifyhost api.twilio.com alpn http/1.1 pool-max-conn 256
+""")
+    p = subprocess.Popen(["haproxy", "-f", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return Proc("haproxy", p, port)
+
+
+def start_sidecar(d, workers, upstream, binary) -> Proc:
+    port, admin = free_port(), free_port()
+    (d / "key_sid").write_text(KEY_SID)
+    (d / "secret").write_text(SECRET)
+    conf = d / "sidecar.toml"
+    conf.write_text(f"""
+[listen]
+address = "127.0.0.1:{port}"
+[admin]
+address = "127.0.0.1:{admin}"
+[upstream]
+connect_to = "127.0.0.1:{upstream}"
+ca_file = "{d}/ca.pem"
+allowed_hosts = ["api.twilio.com"]
+pool_max_idle_per_host = 256
+[reload]
+watch = false
+[limits]
+max_concurrent_requests = 20000
+[[accounts]]
+sid = "{SID}"
+credential = {{ type = "api_key", key_sid = {{ file = "{d}/key_sid" }}, secret = {{ file = "{d}/secret" }} }}
+[policy]
+allow = ["GET,POST /2010-04-01/Accounts/{{AccountSid}}/Messages.json", "GET,POST /2010-04-01/Accounts/{{AccountSid}}/Messages/*"]
+""")
+    env = dict(os.environ, TOKIO_WORKER_THREADS=str(workers))
+    p = subprocess.Popen([binary, "--log-level", "warn", "run", "--config", str(conf)], env=env,
+                         stdout=subprocess.DEVNULL, stderr=open(d / "sidecar.log", "w"))
+    wait_port(port)
+    return Proc("twilio-sidecar", p, port)
+
+
+LUA = """
+done = function(summary, latency, requests)
+  io.write(string.format("LAT %d %d %d\\n", latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
+end
+"""
+
+
+def run_wrk(url, conns, seconds, d) -> dict:
+    script = d / "report.lua"
+    script.write_text(LUA)
+    threads = min(conns, 2)
+    out = subprocess.run(["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{seconds}s", "-s", str(script), url],
+                         capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    p50, p99, p999 = (int(x) for x in re.search(r"LAT (\d+) (\d+) (\d+)", out).groups())
+    return {"rps": rps, "requests": total, "non2xx": int(bad.group(1)) if bad else 0,
+            "socket_errors": errors.group(1) if errors else "", "p50_us": p50, "p99_us": p99, "p999_us": p999}
+
+
+def measure(targets, upstream, concurrencies, args, d):
+    urls = {name: (f"http://127.0.0.1:{p.port}{PATH}" if p else f"https://127.0.0.1:{upstream.port}{PATH}")
+            for name, p in targets.items()}
+    time.sleep(0.5)
+    idle_rss = {name: p.memory_kib("VmRSS") for name, p in targets.items() if p}
+
+    # Sanity: every proxy answers 200 with the body and refuses a path outside the allow-list.
+    for name, p in targets.items():
+        if p is None:
+            continue
+        with urllib.request.urlopen(urls[name]) as r:
+            assert r.status == 200 and json.loads(r.read())["messages"], name
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{p.port}/2010-04-01/Accounts/{SID}/Calls.json")
+            raise SystemExit(f"{name} forwarded a path outside its allow-list")
+        except urllib.error.HTTPError as e:
+            assert e.code == 403, (name, e.code)
+
+    samples = {}
+    names = list(targets)
+    for rnd in range(args.rounds):
+        for c in concurrencies:
+            order = names[rnd % len(names):] + names[:rnd % len(names)]
+            for name in order:
+                p = targets[name]
+                cpu0 = p.cpu_seconds() if p else 0.0
+                r = run_wrk(urls[name], c, args.seconds, d)
+                r["cpu_s_per_10k"] = ((p.cpu_seconds() - cpu0) / r["requests"] * 10_000) if p and r["requests"] else None
+                if r["non2xx"] or r["socket_errors"]:
+                    raise SystemExit(f"{name} at c={c}: {r['non2xx']} non-2xx responses, socket errors: {r['socket_errors']}")
+                samples.setdefault((name, c), []).append(r)
+                print(f"round {rnd + 1} c={c:<4} {name:<15} {r['rps']:>10.0f} req/s  p50 {r['p50_us']:>6} us  "
+                      f"p99 {r['p99_us']:>6} us  p99.9 {r['p999_us']:>6} us", flush=True)
+    peak_rss = {name: p.memory_kib("VmHWM") for name, p in targets.items() if p}
+    return samples, idle_rss, peak_rss, names
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", default=str(ROOT / "target/release/twilio-sidecar"))
+    ap.add_argument("--smoke", action="store_true", help="a few seconds, checks that every target works")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--concurrency", default="1,16,256")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--out", default=str(ROOT / "benches"), help="where results.json, RESULTS.md and load.svg go")
+    ap.add_argument("--label", default="", help="a name for this run in the results (e.g. 'before')")
+    args = ap.parse_args()
+    if args.smoke:
+        args.rounds, args.seconds, args.concurrency = 1, 2, "1,16"
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+
+    d = pathlib.Path(tempfile.mkdtemp(prefix="ts-load-"))
+    make_certs(d)
+    auth = "Basic " + base64.b64encode(f"{KEY_SID}:{SECRET}".encode()).decode()
+    started = []
+
+    def start(proc):
+        started.append(proc)
+        return proc
+
+    try:
+        upstream = start(start_upstream(d, args.workers))
+        targets = {
+            "direct": None,
+            "nginx": start(start_nginx(d, args.workers, upstream.port, auth)),
+            "haproxy": start(start_haproxy(d, args.workers, upstream.port, auth)),
+            "twilio-sidecar": start(start_sidecar(d, args.workers, upstream.port, args.binary)),
+        }
+        samples, idle_rss, peak_rss, names = measure(targets, upstream, concurrencies, args, d)
+    finally:
+        for p in started:
+            p.stop()
+
+    def med(xs):
+        xs = [x for x in xs if x is not None]
+        return statistics.median(xs) if xs else None
+
+    results = {
+        "label": args.label,
+        "smoke": args.smoke,
+        "machine": {"cores": os.cpu_count(), "platform": platform.platform(),
+                    "cpu": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")},
+        "versions": {"nginx": version(["nginx", "-v"]), "haproxy": version(["haproxy", "-v"]),
+                     "wrk": version(["wrk", "--version"]), "twilio-sidecar": version([args.binary, "--version"])},
+        "settings": {"rounds": args.rounds, "seconds": args.seconds, "workers": args.workers,
+                     "concurrency": concurrencies, "binary": args.binary},
+        "idle_rss_kib": idle_rss,
+        "peak_rss_kib": peak_rss,
+        "rows": [],
+    }
+    for c in concurrencies:
+        for name in names:
+            rs = samples[(name, c)]
+            results["rows"].append({
+                "target": name, "concurrency": c,
+                "rps": med([r["rps"] for r in rs]),
+                "p50_us": med([r["p50_us"] for r in rs]), "p99_us": med([r["p99_us"] for r in rs]),
+                "p999_us": med([r["p999_us"] for r in rs]),
+                "cpu_s_per_10k": med([r["cpu_s_per_10k"] for r in rs]),
+            })
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    shutil.rmtree(d, ignore_errors=True)
+    print(json.dumps(results["rows"]))
+
+
+if __name__ == "__main__":
+    main()
