@@ -41,5 +41,9 @@ failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
 # the systemd unit.
 bash scripts/validate-deploy.sh target/debug/twilio-sidecar
 
+# The load benchmark's smoke mode: a few seconds, keeps benches/load.sh from rotting (installs
+# nginx, HAProxy and wrk from Debian).
+bash benches/load.sh --smoke
+
 # One closing line for the whole Rust suite.
 echo "tests: ${passed} passed, ${failed} failed"

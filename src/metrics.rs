@@ -3,9 +3,14 @@
 //! Labels are bounded by the config: rule text, allowed host, method, status code, decision,
 //! account SID, result. Never a raw path, a query string or anything secret.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets in seconds: sub-millisecond sidecar work up to slow Twilio calls.
@@ -15,6 +20,10 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 /// Every metric the sidecar exports.
 pub struct Metrics {
+    /// Tells this instance's entries apart in the per-thread handle caches.
+    id: u64,
+    /// Bumped when rule series are retired, so no thread keeps counting into one.
+    rule_epoch: AtomicU64,
     registry: Registry,
     /// Requests by decision, rule, host, method and status.
     pub requests: IntCounterVec,
@@ -195,7 +204,10 @@ impl Metrics {
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
 
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Ok(Metrics {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            rule_epoch: AtomicU64::new(0),
             registry,
             requests,
             request_duration,
@@ -228,5 +240,211 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+/// Which labelled metric a request-path update goes to.
+#[derive(Debug, Clone, Copy)]
+pub enum Series {
+    Requests,
+    RuleHits,
+}
+
+/// Which labelled histogram a request-path observation goes to.
+#[derive(Debug, Clone, Copy)]
+pub enum Timing {
+    Request,
+    Upstream,
+}
+
+impl Metrics {
+    /// `vec.with_label_values(labels).inc()` for the request path, through a per-thread cache:
+    /// `with_label_values` hashes with SipHash and takes a lock on every call, while the same
+    /// few label sets repeat request after request.
+    pub fn inc(&self, series: Series, labels: &[&str]) {
+        let vec = match series {
+            Series::Requests => &self.requests,
+            Series::RuleHits => &self.rule_hits,
+        };
+        let seed = match series {
+            Series::Requests => self.id << 8,
+            Series::RuleHits => {
+                (self.id << 8 | 1) ^ (self.rule_epoch.load(Ordering::Relaxed) << 32)
+            }
+        };
+        COUNTERS.with(|c| {
+            c.borrow_mut().with(
+                seed,
+                labels,
+                || vec.with_label_values(labels),
+                IntCounter::inc,
+            )
+        });
+    }
+
+    /// Drops the series of a rule a reload removed.
+    pub fn retire_rule(&self, effect: &str, rule: &str) {
+        let _ = self.rule_hits.remove_label_values(&[effect, rule]);
+        self.rule_epoch.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `vec.with_label_values(labels).observe(value)`, through the same kind of cache.
+    pub fn observe(&self, timing: Timing, labels: &[&str], value: f64) {
+        let vec = match timing {
+            Timing::Request => &self.request_duration,
+            Timing::Upstream => &self.upstream_duration,
+        };
+        let seed = self.id << 8 | 0x80 | timing as u64;
+        HISTOGRAMS.with(|c| {
+            c.borrow_mut().with(
+                seed,
+                labels,
+                || vec.with_label_values(labels),
+                |h| h.observe(value),
+            )
+        });
+    }
+}
+
+thread_local! {
+    static COUNTERS: RefCell<HandleCache<IntCounter>> = RefCell::new(HandleCache::default());
+    static HISTOGRAMS: RefCell<HandleCache<Histogram>> = RefCell::new(HandleCache::default());
+}
+
+/// Metric handles by a fast hash of their label values (checked against the values, so a hash
+/// collision can never count into the wrong series).
+struct HandleCache<M> {
+    map: HashMap<u64, Vec<Labelled<M>>, BuildHasherDefault<PassThrough>>,
+}
+
+/// A handle and the label values it was made for.
+type Labelled<M> = (Box<[Box<str>]>, M);
+
+impl<M> Default for HandleCache<M> {
+    fn default() -> Self {
+        HandleCache {
+            map: HashMap::default(),
+        }
+    }
+}
+
+/// Label sets a thread keeps before starting over (reloads retire old rule texts).
+const CACHE_LIMIT: usize = 4096;
+
+impl<M> HandleCache<M> {
+    fn with(
+        &mut self,
+        seed: u64,
+        labels: &[&str],
+        make: impl FnOnce() -> M,
+        use_it: impl FnOnce(&M),
+    ) {
+        let key = label_hash(seed, labels);
+        if let Some(bucket) = self.map.get(&key) {
+            if let Some((_, m)) = bucket.iter().find(|(l, _)| {
+                l.len() == labels.len() && l.iter().zip(labels).all(|(a, b)| **a == **b)
+            }) {
+                return use_it(m);
+            }
+        }
+        if self.map.len() >= CACHE_LIMIT {
+            self.map.clear();
+        }
+        let m = make();
+        use_it(&m);
+        let owned: Box<[Box<str>]> = labels.iter().map(|l| Box::from(*l)).collect();
+        self.map.entry(key).or_default().push((owned, m));
+    }
+}
+
+/// FNV-1a over the label bytes, with a separator so ("ab", "c") and ("a", "bc") differ.
+fn label_hash(seed: u64, labels: &[&str]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325 ^ seed;
+    for label in labels {
+        for b in label.bytes().chain(std::iter::once(0xff)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// The keys are already hashes.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_updates_land_in_the_right_series() {
+        let m = Metrics::new().unwrap();
+        for _ in 0..3 {
+            m.inc(
+                Series::Requests,
+                &["allow", "r1", "api.twilio.com", "GET", "200"],
+            );
+        }
+        m.inc(
+            Series::Requests,
+            &["allow", "r1", "api.twilio.com", "GET", "404"],
+        );
+        m.inc(Series::RuleHits, &["allow", "r1"]);
+        m.observe(Timing::Upstream, &["api.twilio.com"], 0.002);
+        assert_eq!(
+            m.requests
+                .with_label_values(&["allow", "r1", "api.twilio.com", "GET", "200"])
+                .get(),
+            3
+        );
+        assert_eq!(
+            m.requests
+                .with_label_values(&["allow", "r1", "api.twilio.com", "GET", "404"])
+                .get(),
+            1
+        );
+        assert_eq!(m.rule_hits.with_label_values(&["allow", "r1"]).get(), 1);
+        assert_eq!(
+            m.upstream_duration
+                .with_label_values(&["api.twilio.com"])
+                .get_sample_count(),
+            1
+        );
+        // Label boundaries matter.
+        assert_ne!(label_hash(0, &["ab", "c"]), label_hash(0, &["a", "bc"]));
+        // A second registry does not share the first one's handles.
+        let other = Metrics::new().unwrap();
+        other.inc(
+            Series::Requests,
+            &["allow", "r1", "api.twilio.com", "GET", "200"],
+        );
+        assert_eq!(
+            m.requests
+                .with_label_values(&["allow", "r1", "api.twilio.com", "GET", "200"])
+                .get(),
+            3
+        );
+        assert_eq!(
+            other
+                .requests
+                .with_label_values(&["allow", "r1", "api.twilio.com", "GET", "200"])
+                .get(),
+            1
+        );
     }
 }

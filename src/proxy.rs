@@ -37,7 +37,7 @@ use tracing::{info, warn};
 use crate::credentials::{Account, Attached};
 use crate::error::{ProxyError, UpstreamFailure};
 use crate::gate::{Gate, Trace};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Series, Timing};
 use crate::paging::{rewrite_links, LinkBase, MAX_REWRITE_BODY};
 use crate::policy::Verdict;
 use crate::route::RouteSource;
@@ -192,20 +192,21 @@ impl Proxy {
     ) -> Response<Body> {
         let status = response.status();
         let elapsed = started.elapsed();
-        self.metrics
-            .requests
-            .with_label_values(&[
+        self.metrics.inc(
+            Series::Requests,
+            &[
                 record.decision,
                 record.rule,
                 record.host,
                 method_label(method),
                 status.as_str(),
-            ])
-            .inc();
-        self.metrics
-            .request_duration
-            .with_label_values(&[record.host, record.decision])
-            .observe(elapsed.as_secs_f64());
+            ],
+        );
+        self.metrics.observe(
+            Timing::Request,
+            &[record.host, record.decision],
+            elapsed.as_secs_f64(),
+        );
         let path = uri.path().get(record.path_offset..).unwrap_or("");
         info!(
             target: "twilio_sidecar::access",
@@ -247,10 +248,7 @@ impl Proxy {
             record.rule = state.gate.policy.rule_label(decision.verdict);
             if let Verdict::Allow { rule } | Verdict::Deny { rule } = decision.verdict {
                 let effect = state.gate.policy.rules()[rule as usize].effect.as_str();
-                self.metrics
-                    .rule_hits
-                    .with_label_values(&[effect, record.rule])
-                    .inc();
+                self.metrics.inc(Series::RuleHits, &[effect, record.rule]);
             }
         }
         let admission = admitted?;
@@ -270,7 +268,11 @@ impl Proxy {
         let route = admission.route;
         // A GET may come back as a page of a list whose links must point back here: keep what
         // the rewrite needs (reference-counted clones; the link base is built only if needed).
-        let paging = (parts.method == Method::GET).then(|| {
+        // (The 2010 API on api.* pages with relative `next_page_uri`: nothing to rewrite, so
+        // its responses stream untouched.)
+        let pages_with_links =
+            parts.method == Method::GET && !hosts.name(route.host).starts_with("api.");
+        let paging = pages_with_links.then(|| {
             let authority = parts.headers.get(header::HOST).cloned().or_else(|| {
                 parts
                     .uri
@@ -471,9 +473,7 @@ impl Proxy {
         let sent = Instant::now();
         let result = state.upstream.send(req).await;
         self.metrics
-            .upstream_duration
-            .with_label_values(&[host])
-            .observe(sent.elapsed().as_secs_f64());
+            .observe(Timing::Upstream, &[host], sent.elapsed().as_secs_f64());
         result.map_err(|kind| {
             self.metrics
                 .upstream_errors
@@ -511,15 +511,36 @@ impl Drop for InFlight<'_> {
 }
 
 fn strip_request_headers(headers: &mut HeaderMap) {
-    // Names listed in Connection are hop-by-hop too.
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
-        .collect();
-    for name in listed.iter().chain(STRIPPED_REQUEST_HEADERS.iter()) {
+    // Names listed in Connection are hop-by-hop too (rare, so the allocation is too).
+    if headers.contains_key(header::CONNECTION) {
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+            .collect();
+        for name in &listed {
+            headers.remove(name);
+        }
+    }
+    // One pass over the few headers the app sent, rather than a lookup per name we strip.
+    let mut doomed: [Option<HeaderName>; 8] = Default::default();
+    let mut n = 0;
+    for name in headers.keys() {
+        if STRIPPED_REQUEST_HEADERS.contains(name) {
+            if n == doomed.len() {
+                // Unusually many: remove every stripped name the slow way.
+                for name in STRIPPED_REQUEST_HEADERS.iter() {
+                    headers.remove(name);
+                }
+                return;
+            }
+            doomed[n] = Some(name.clone());
+            n += 1;
+        }
+    }
+    for name in doomed.iter().take(n).flatten() {
         headers.remove(name);
     }
 }
@@ -604,14 +625,15 @@ impl tower::Service<Request<Incoming>> for ProxyService {
 /// JSON body of a known size up to [`MAX_REWRITE_BODY`].
 fn rewritable_json(response: &Response<Incoming>) -> Option<u64> {
     let headers = response.headers();
-    let json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            let ct = ct.trim_start().to_ascii_lowercase();
-            ct.starts_with("application/json")
-                || (ct.starts_with("application/") && ct.contains("+json"))
-        });
+    let json = headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        // Case-insensitive, without allocating: `application/json` or `application/…+json`.
+        let ct = v.as_bytes();
+        let essence = ct.split(|b| *b == b';').next().unwrap_or(ct).trim_ascii();
+        essence.eq_ignore_ascii_case(b"application/json")
+            || (essence.len() > 17
+                && essence[..12].eq_ignore_ascii_case(b"application/")
+                && essence[essence.len() - 5..].eq_ignore_ascii_case(b"+json"))
+    });
     let identity = headers
         .get(header::CONTENT_ENCODING)
         .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));

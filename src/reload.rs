@@ -151,7 +151,7 @@ pub fn publish_state_metrics(
     if let Some(previous) = previous {
         for (effect, text) in labels(previous) {
             if !current.iter().any(|(e, t)| *e == effect && *t == text) {
-                let _ = metrics.rule_hits.remove_label_values(&[effect, &text]);
+                metrics.retire_rule(effect, &text);
             }
         }
     }

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# End-to-end load comparison on this machine, in one run: direct (no proxy), nginx, HAProxy and
+# twilio-sidecar doing the same job in front of the same TLS upstream, driven by wrk.
+# Writes benches/results.json, benches/RESULTS.md and benches/load.svg.
+#
+#   bash benches/load.sh              # the full run (a few minutes)
+#   bash benches/load.sh --smoke      # a few seconds: checks every target works (run in CI)
+#   bash benches/load.sh --label X    # extra arguments go to benches/load.py
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+have() { command -v "$1" >/dev/null 2>&1; }
+missing=()
+have nginx || missing+=(nginx-light)
+have haproxy || missing+=(haproxy)
+have wrk || missing+=(wrk)
+have openssl || missing+=(openssl)
+have pgrep || missing+=(procps)
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [ "${1:-}" = "--smoke" ]; then
+  shift
+  cargo build --locked --bin twilio-sidecar
+  out=$(mktemp -d)
+  python3 benches/load.py --binary target/debug/twilio-sidecar --smoke --out "$out" "$@"
+  python3 benches/report.py --results "$out/results.json" --before /nonexistent --out "$out"
+  grep -q "twilio-sidecar" "$out/RESULTS.md"
+  echo "load.sh: smoke run OK (results in $out, RESULTS.md not touched)"
+  exit 0
+fi
+
+cargo build --locked --release --bin twilio-sidecar
+python3 benches/load.py --binary target/release/twilio-sidecar "$@"
+python3 benches/report.py

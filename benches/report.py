@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Turns benches/results.json (written by benches/load.py) into benches/RESULTS.md and
+benches/load.svg. Every figure comes from the JSON; nothing is typed in.
+
+    python3 benches/report.py [--results benches/results.json] [--before benches/results-before.json]
+"""
+import argparse
+import json
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+COLORS = {"direct": "#888888", "nginx": "#2a9d3a", "haproxy": "#1f6fb4", "twilio-sidecar": "#d1495b"}
+
+
+def fmt(x, digits=0):
+    return "–" if x is None else f"{x:,.{digits}f}"
+
+
+def ratio(a, b):
+    return "–" if a is None or not b else f"{a / b:.2f}×"
+
+
+def table(results):
+    rows = results["rows"]
+    by = {(r["target"], r["concurrency"]): r for r in rows}
+    lines = [
+        "| c | target | req/s | vs nginx | vs HAProxy | vs direct | p50 µs | p99 µs | p99.9 µs | p99 vs nginx | CPU s / 10k req |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in results["settings"]["concurrency"]:
+        ng, hp, dr = by[("nginx", c)], by[("haproxy", c)], by[("direct", c)]
+        for name in ["direct", "nginx", "haproxy", "twilio-sidecar"]:
+            r = by[(name, c)]
+            lines.append(
+                f"| {c} | {name} | {fmt(r['rps'])} | {ratio(r['rps'], ng['rps'])} | {ratio(r['rps'], hp['rps'])} | "
+                f"{ratio(r['rps'], dr['rps'])} | {fmt(r['p50_us'])} | {fmt(r['p99_us'])} | {fmt(r['p999_us'])} | "
+                f"{ratio(r['p99_us'], ng['p99_us'])} | {fmt(r['cpu_s_per_10k'], 3)} |"
+            )
+    return "\n".join(lines)
+
+
+def svg(results, path):
+    """Two panels: throughput and p99 per concurrency, one group of bars per concurrency."""
+    rows = results["rows"]
+    cs = results["settings"]["concurrency"]
+    names = ["direct", "nginx", "haproxy", "twilio-sidecar"]
+    by = {(r["target"], r["concurrency"]): r for r in rows}
+    w, h, pad, gap = 900, 360, 60, 40
+    panel_w = (w - 2 * pad - gap) / 2
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h + 60}" font-family="sans-serif" font-size="12">',
+           '<rect width="100%" height="100%" fill="white"/>']
+    for panel, (key, title, unit) in enumerate([("rps", "Throughput (req/s, higher is better)", ""),
+                                                ("p99_us", "p99 latency (µs, lower is better)", "")]):
+        x0 = pad + panel * (panel_w + gap)
+        top = max(by[(n, c)][key] or 0 for n in names for c in cs) * 1.1 or 1
+        out.append(f'<text x="{x0 + panel_w / 2}" y="20" text-anchor="middle" font-weight="bold">{title}</text>')
+        out.append(f'<line x1="{x0}" y1="{h}" x2="{x0 + panel_w}" y2="{h}" stroke="black"/>')
+        out.append(f'<line x1="{x0}" y1="40" x2="{x0}" y2="{h}" stroke="black"/>')
+        for i in range(5):
+            v = top * i / 4
+            y = h - (h - 40) * i / 4
+            out.append(f'<text x="{x0 - 4}" y="{y + 4}" text-anchor="end" font-size="10">{v:,.0f}</text>')
+            out.append(f'<line x1="{x0}" y1="{y}" x2="{x0 + panel_w}" y2="{y}" stroke="#eee"/>')
+        group_w = panel_w / len(cs)
+        bar_w = group_w * 0.8 / len(names)
+        for gi, c in enumerate(cs):
+            gx = x0 + gi * group_w + group_w * 0.1
+            out.append(f'<text x="{gx + group_w * 0.4}" y="{h + 16}" text-anchor="middle">c={c}</text>')
+            for ni, n in enumerate(names):
+                v = by[(n, c)][key] or 0
+                bh = (h - 40) * v / top
+                out.append(f'<rect x="{gx + ni * bar_w:.1f}" y="{h - bh:.1f}" width="{bar_w - 2:.1f}" height="{bh:.1f}" fill="{COLORS[n]}"><title>{n} c={c}: {v:,.0f}</title></rect>')
+    for ni, n in enumerate(names):
+        lx = pad + ni * 170
+        out.append(f'<rect x="{lx}" y="{h + 32}" width="12" height="12" fill="{COLORS[n]}"/>')
+        out.append(f'<text x="{lx + 18}" y="{h + 42}">{n}</text>')
+    out.append("</svg>")
+    path.write_text("\n".join(out) + "\n")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--results", default=str(ROOT / "benches" / "results.json"))
+    ap.add_argument("--before", default=str(ROOT / "benches" / "results-before.json"))
+    ap.add_argument("--out", default=str(ROOT / "benches"))
+    args = ap.parse_args()
+    results = json.loads(pathlib.Path(args.results).read_text())
+    out = pathlib.Path(args.out)
+    svg(results, out / "load.svg")
+    m, v, s = results["machine"], results["versions"], results["settings"]
+    idle = results["idle_rss_kib"]
+    peak = results["peak_rss_kib"]
+    by = {(r["target"], r["concurrency"]): r for r in results["rows"]}
+    goals = []
+    for c in [c for c in (16, 256) if c in s["concurrency"]]:
+        sc, ng, hp = by[("twilio-sidecar", c)], by[("nginx", c)], by[("haproxy", c)]
+        goals.append(f"| c={c} | {sc['rps'] / ng['rps']:.2f}× (goal ≥ 1.30×) | {sc['rps'] / hp['rps']:.2f}× (goal ≥ 1.00×) | "
+                     f"{sc['p99_us'] / ng['p99_us']:.2f}× (goal ≤ 1.00×) |")
+    before = ""
+    bpath = pathlib.Path(args.before)
+    if bpath.exists():
+        b = json.loads(bpath.read_text())
+        bb = {(r["target"], r["concurrency"]): r for r in b["rows"]}
+        lines = ["| c | req/s before | req/s after | CPU s/10k before | CPU s/10k after | p99 µs before | p99 µs after | sidecar vs nginx before → after |",
+                 "|---|---|---|---|---|---|---|---|"]
+        for c in s["concurrency"]:
+            if ("twilio-sidecar", c) not in bb:
+                continue
+            x, y = bb[("twilio-sidecar", c)], by[("twilio-sidecar", c)]
+            lines.append(f"| {c} | {fmt(x['rps'])} | {fmt(y['rps'])} | {fmt(x['cpu_s_per_10k'], 3)} | {fmt(y['cpu_s_per_10k'], 3)} | "
+                         f"{fmt(x['p99_us'])} | {fmt(y['p99_us'])} | {x['rps'] / bb[('nginx', c)]['rps']:.2f}× → {y['rps'] / by[('nginx', c)]['rps']:.2f}× |")
+        before = ("\n## Before and after the optimisations\n\n"
+                  f"Both runs were made by the same script on the same machine (`{bpath.name}` is the earlier run, kept "
+                  "as it was measured). Ratios against nginx are from the same run, so machine drift between the runs "
+                  "cancels out of them.\n\n" + "\n".join(lines) + "\n")
+    text = f"""# Load benchmark: twilio-sidecar vs nginx vs HAProxy
+
+Generated by `benches/load.sh` (which runs `benches/load.py` and `benches/report.py`); every
+figure below is read from `benches/results.json`, written by that run. Re-running the script
+regenerates this file and `load.svg`.
+
+## The job
+
+Each proxy does what twilio-sidecar does for one allowed call: plain HTTP/1.1 in; an allow-list
+equivalent to the policy (`GET,POST /2010-04-01/Accounts/{{AccountSid}}/Messages.json` and
+`…/Messages/*`; everything else 403); the app's `Authorization`/`Cookie` removed and an API-key
+`Authorization: Basic …` set; TLS to the upstream with certificate verification and SNI
+`api.twilio.com`; a keep-alive connection pool. The upstream is an nginx TLS server on loopback
+answering a fixed Twilio-like JSON body (HTTP/1.1 only, so all proxies speak the same protocol
+to it). "direct" is wrk talking TLS to that upstream itself: the physical limit. Access logs are
+off for all proxies. Everything — load generator, proxy and upstream — shares the same
+{m['cores']} cores, so throughput is bounded by total CPU, and the proxy's CPU cost per request
+decides the ranking.
+
+- Machine: {m['cores']} cores, {m['cpu']}, {m['platform']}
+- Versions: {v['nginx']}; {v['haproxy']}; {v['wrk']}; {v['twilio-sidecar']}
+- Workers per proxy: {s['workers']} (nginx `worker_processes`, HAProxy `nbthread`, tokio worker threads)
+- Load: wrk, same thread count for every target (min(c, 2)), {s['seconds']} s per run,
+  concurrency {', '.join(str(c) for c in s['concurrency'])}; {s['rounds']} rounds with the target order rotated each
+  round; medians over rounds
+- Command: `bash benches/load.sh` (smoke: `bash benches/load.sh --smoke`)
+
+## Results
+
+{table(results)}
+
+CPU is the proxy's own (all its processes/threads, user + system) per 10,000 requests. "direct"
+has no proxy, so no proxy CPU.
+
+Memory (kB): idle RSS after start — {', '.join(f'{k} {val:,}' for k, val in idle.items())};
+peak RSS over the run — {', '.join(f'{k} {val:,}' for k, val in peak.items())}.
+
+![throughput and p99 per concurrency](load.svg)
+
+## Against the goals
+
+| concurrency | sidecar / nginx req/s | sidecar / HAProxy req/s | sidecar / nginx p99 |
+|---|---|---|---|
+{chr(10).join(goals)}
+
+Idle RSS of twilio-sidecar: {idle.get('twilio-sidecar', 0) / 1024:.1f} MiB (goal ≤ 10 MiB).
+{before}"""
+    (out / "RESULTS.md").write_text(text)
+    print(f"report: wrote {out / 'RESULTS.md'} and {out / 'load.svg'}")
+
+
+if __name__ == "__main__":
+    main()
