@@ -7,8 +7,8 @@ policy (anything else gets 403); the app's Authorization/Cookie removed and an A
 Authorization header set; TLS out with certificate verification and SNI for api.twilio.com;
 a keep-alive pool to the upstream. The upstream is an nginx TLS server answering a fixed
 Twilio-like JSON body (HTTP/1.1 only, so every proxy speaks the same protocol to it). Each proxy
-gets the same number of workers (nginx worker_processes, HAProxy nbthread, tokio worker
-threads). Access logs are off everywhere.
+gets the same number of workers (nginx worker_processes, HAProxy nbthread, twilio-sidecar
+listen.workers serving threads). Access logs are off everywhere.
 
 The load generator is wrk, with the same thread count for every target; targets are run in a
 rotating order within each round so drift hits all alike; figures are medians over rounds.
@@ -231,6 +231,7 @@ def start_sidecar(d, workers, upstream, binary) -> Proc:
     conf.write_text(f"""
 [listen]
 address = "127.0.0.1:{port}"
+workers = {workers}
 [admin]
 address = "127.0.0.1:{admin}"
 [upstream]
@@ -248,8 +249,7 @@ credential = {{ type = "api_key", key_sid = {{ file = "{d}/key_sid" }}, secret =
 [policy]
 allow = ["GET,POST /2010-04-01/Accounts/{{AccountSid}}/Messages.json", "GET,POST /2010-04-01/Accounts/{{AccountSid}}/Messages/*"]
 """)
-    env = dict(os.environ, TOKIO_WORKER_THREADS=str(workers))
-    p = subprocess.Popen([binary, "--log-level", "warn", "run", "--config", str(conf)], env=env,
+    p = subprocess.Popen([binary, "--log-level", "warn", "run", "--config", str(conf)],
                          stdout=subprocess.DEVNULL, stderr=open(d / "sidecar.log", "w"))
     wait_port(port)
     return Proc("twilio-sidecar", p, port)

@@ -134,7 +134,7 @@ decides the ranking.
 
 - Machine: {m['cores']} cores, {m['cpu']}, {m['platform']}
 - Versions: {v['nginx']}; {v['haproxy']}; {v['wrk']}; {v['twilio-sidecar']}
-- Workers per proxy: {s['workers']} (nginx `worker_processes`, HAProxy `nbthread`, tokio worker threads)
+- Workers per proxy: {s['workers']} (nginx `worker_processes`, HAProxy `nbthread`, twilio-sidecar `listen.workers` serving threads, each with its own runtime)
 - Load: wrk, same thread count for every target (min(c, 2)), {s['seconds']} s per run,
   concurrency {', '.join(str(c) for c in s['concurrency'])}; {s['rounds']} rounds with the target order rotated each
   round; medians over rounds

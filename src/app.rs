@@ -4,6 +4,11 @@
 //! roots, binding) before anything is served, so a bad config never starts a half-working
 //! proxy. [`Sidecar::serve`] then runs until the shutdown future completes.
 //!
+//! The proxy's TCP listener is accepted on the main runtime and its connections handed
+//! round-robin to `listen.workers` serving threads, each with its own current-thread runtime
+//! and upstream pool (thread-per-core: no request crosses threads). The unix socket and the
+//! admin listener are served on the main runtime.
+//!
 //! The app-facing stack, outermost first:
 //! - load shedding (tower): beyond `limits.max_concurrent_requests`, answer 503 at once
 //!   instead of queueing, so a stuck Twilio cannot pile up unbounded work;
@@ -22,7 +27,7 @@ use hyper::body::Incoming;
 use rustls_pki_types::CertificateDer;
 use tokio::net::{TcpListener, UnixListener};
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::admin::Admin;
 use crate::config::reader::Diagnostic;
@@ -30,7 +35,7 @@ use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, ProxyService};
 use crate::reload::{publish_state_metrics, Reloader};
-use crate::server::{serve, ServerOptions};
+use crate::server::{hand_off, serve, Handoff, ServerOptions};
 use crate::state::{SharedState, State};
 use crate::upstream::ResponseBody;
 
@@ -173,11 +178,43 @@ impl Sidecar {
         info!(addr = %self.proxy_addr(), "proxy listening");
         info!(addr = %self.admin_addr(), "admin listening");
 
-        let mut proxy_servers = vec![tokio::spawn(serve(
+        // The TCP listener is served by `listen.workers` threads with a runtime each; a
+        // request is handled start to finish on one thread, with that thread's upstream pool,
+        // so it never waits on a task another thread has to wake.
+        let mut queues = Vec::with_capacity(config.workers);
+        let mut threads = Vec::with_capacity(config.workers);
+        for index in 0..config.workers {
+            let (queue, connections) = tokio::sync::mpsc::unbounded_channel();
+            let (handler, stop) = (handler.clone(), stopped());
+            let thread = std::thread::Builder::new()
+                .name(format!("twilio-sidecar-{index}"))
+                .spawn(move || {
+                    crate::upstream::set_serving_thread(index + 1);
+                    match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime.block_on(serve(
+                            Handoff::new(connections),
+                            handler,
+                            stop,
+                            options,
+                        )),
+                        Err(e) => error!(error = %e, "cannot start a serving thread"),
+                    }
+                });
+            match thread {
+                Ok(t) => {
+                    queues.push(queue);
+                    threads.push(t);
+                }
+                Err(e) => error!(error = %e, "cannot start a serving thread"),
+            }
+        }
+        let mut proxy_servers = vec![tokio::spawn(hand_off(
             self.proxy_listener,
-            handler.clone(),
+            queues,
             stopped(),
-            options,
         ))];
         let mut socket_path = None;
         if let Some((listener, path)) = self.unix_listener {
@@ -213,6 +250,12 @@ impl Sidecar {
         for server in proxy_servers {
             let _ = server.await;
         }
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
         if let Some(path) = socket_path {
             let _ = std::fs::remove_file(path);
         }

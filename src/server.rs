@@ -58,6 +58,68 @@ impl Acceptor for UnixListener {
     }
 }
 
+/// Connections accepted elsewhere and handed to this serving thread.
+pub struct Handoff {
+    queue: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<std::net::TcpStream>>,
+}
+
+impl Handoff {
+    pub fn new(queue: tokio::sync::mpsc::UnboundedReceiver<std::net::TcpStream>) -> Handoff {
+        Handoff {
+            queue: tokio::sync::Mutex::new(queue),
+        }
+    }
+}
+
+impl Acceptor for Handoff {
+    type Io = tokio::net::TcpStream;
+    async fn accept(&self) -> io::Result<(Self::Io, String)> {
+        let stream = self.queue.lock().await.recv().await.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotConnected, "the listener has closed")
+        })?;
+        // Registers the socket with this thread's runtime.
+        let stream = tokio::net::TcpStream::from_std(stream)?;
+        let peer = stream
+            .peer_addr()
+            .map_or_else(|_| "-".to_string(), |p| p.to_string());
+        Ok((stream, peer))
+    }
+}
+
+/// Accepts connections on `listener` and hands them round-robin to the serving threads'
+/// queues, until `shutdown` completes. Dropping the listener then refuses new connections.
+pub async fn hand_off(
+    listener: TcpListener,
+    queues: Vec<tokio::sync::mpsc::UnboundedSender<std::net::TcpStream>>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut next = 0usize;
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    // Small request/response exchanges: do not wait to coalesce.
+                    let _ = stream.set_nodelay(true);
+                    match stream.into_std() {
+                        Ok(stream) => {
+                            let _ = queues[next % queues.len()].send(stream);
+                            next = next.wrapping_add(1);
+                        }
+                        Err(e) => warn!(error = %e, "cannot hand a connection over"),
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
 /// Serves `handler` on `listener` until `shutdown` completes, then drains.
 pub async fn serve<L, H, F>(
     listener: L,
@@ -84,6 +146,8 @@ pub async fn serve<L, H, F>(
 
     loop {
         tokio::select! {
+            biased;
+            () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let handler = handler.clone();
@@ -107,7 +171,6 @@ pub async fn serve<L, H, F>(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            () = &mut shutdown => break,
         }
     }
     // Dropping the listener closes the socket: new connections are refused from here on.

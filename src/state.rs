@@ -55,11 +55,11 @@ impl State {
         let mut upstream_unchanged = false;
         let upstream = match previous.map(|p| &p.upstream) {
             // extra_roots are fixed for the life of the process, so they cannot differ here.
-            Some(old) if old.reusable_for(&config.upstream) => {
+            Some(old) if old.reusable_for(&config.upstream, config.workers) => {
                 upstream_unchanged = true;
                 Some(old.clone())
             }
-            _ => match Upstream::new(&config.upstream, extra_roots) {
+            _ => match Upstream::new(&config.upstream, config.workers, extra_roots) {
                 Ok(u) => Some(Arc::new(u)),
                 Err(e) => {
                     problems.push(Diagnostic {

@@ -71,7 +71,9 @@ impl tower_service::Service<Name> for Resolver {
 
 /// The pooled client and the settings it was built from.
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector<Resolver>>, RequestBody>,
+    /// One pooled client per serving thread (index 0: the main runtime), so a request never
+    /// waits on a connection task that lives on another thread.
+    clients: Vec<Client<HttpsConnector<HttpConnector<Resolver>>, RequestBody>>,
     request_timeout: Duration,
     settings: UpstreamConfig,
     ca_pem: Option<Vec<u8>>,
@@ -99,6 +101,7 @@ impl Upstream {
     /// (`dev` uses it for its throwaway CA).
     pub fn new(
         settings: &UpstreamConfig,
+        workers: usize,
         extra_roots: &[CertificateDer<'static>],
     ) -> Result<Upstream, UpstreamBuildError> {
         let mut roots = RootCertStore {
@@ -162,15 +165,19 @@ impl Upstream {
             .enable_http2()
             .wrap_connector(http);
 
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(settings.pool_idle_timeout)
-            .pool_max_idle_per_host(settings.pool_max_idle_per_host)
-            .build(https);
+        let clients = (0..=workers)
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(settings.pool_idle_timeout)
+                    .pool_max_idle_per_host(settings.pool_max_idle_per_host)
+                    .build(https.clone())
+            })
+            .collect();
 
         Ok(Upstream {
-            client,
+            clients,
             request_timeout: settings.request_timeout,
             settings: settings.clone(),
             ca_pem,
@@ -179,8 +186,8 @@ impl Upstream {
 
     /// True when this client can serve `settings` unchanged (same settings, same CA bytes), so a
     /// reload keeps its warm connection pool.
-    pub fn reusable_for(&self, settings: &UpstreamConfig) -> bool {
-        if self.settings != *settings {
+    pub fn reusable_for(&self, settings: &UpstreamConfig, workers: usize) -> bool {
+        if self.settings != *settings || self.clients.len() != workers + 1 {
             return false;
         }
         match &settings.ca_file {
@@ -199,12 +206,27 @@ impl Upstream {
         &self,
         req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, UpstreamFailure> {
-        match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
+        let client = &self.clients[serving_thread() % self.clients.len()];
+        match tokio::time::timeout(self.request_timeout, client.request(req)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(classify(&e)),
             Err(_) => Err(UpstreamFailure::Timeout),
         }
     }
+}
+
+thread_local! {
+    static SERVING_THREAD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the current thread as serving thread `index` (1-based; 0 is the main runtime), so its
+/// upstream requests use that thread's connection pool.
+pub fn set_serving_thread(index: usize) {
+    SERVING_THREAD.with(|t| t.set(index));
+}
+
+fn serving_thread() -> usize {
+    SERVING_THREAD.with(std::cell::Cell::get)
 }
 
 /// Sorts a client error into the `kind` label.

@@ -30,6 +30,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `listen.unix`: also serve apps on this unix socket.
     pub unix: Option<UnixListen>,
+    /// `listen.workers`: threads serving the proxy listeners, one runtime each (default: one
+    /// per CPU).
+    pub workers: usize,
     pub admin: SocketAddr,
     pub upstream: UpstreamConfig,
     pub accounts: Vec<AccountConfig>,
@@ -273,7 +276,7 @@ impl Config {
 
 fn read_config(table: &toml::Table, base: &Path, d: &mut Diagnostics) -> Option<Config> {
     let mut root = Section::new("", table);
-    let (listen, unix) = read_listen(&mut root, d, base);
+    let (listen, unix, workers) = read_listen(&mut root, d, base);
     let admin = read_address(&mut root, d, "admin", DEFAULT_ADMIN);
     let upstream = read_upstream(&mut root, d, base);
     let accounts = read_accounts(&mut root, d, base);
@@ -299,6 +302,7 @@ fn read_config(table: &toml::Table, base: &Path, d: &mut Diagnostics) -> Option<
         path: None,
         listen,
         unix,
+        workers,
         admin,
         upstream: upstream?,
         accounts: accounts?,
@@ -348,22 +352,33 @@ fn read_limits(root: &mut Section<'_>, d: &mut Diagnostics) -> Option<Limits> {
     (d.errors.len() == before).then_some(out)
 }
 
-/// `[listen]`: `address`, and optionally `unix` with `unix_mode`.
+/// The default for `listen.workers`: one per CPU.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// `[listen]`: `address`, `workers`, and optionally `unix` with `unix_mode`.
 fn read_listen(
     root: &mut Section<'_>,
     d: &mut Diagnostics,
     base: &Path,
-) -> (Option<SocketAddr>, Option<UnixListen>) {
+) -> (Option<SocketAddr>, Option<UnixListen>, usize) {
     let fallback = DEFAULT_LISTEN.parse().ok();
     let Some(mut s) = root.table(d, "listen") else {
-        return (
-            if root.get("listen").is_some() {
-                None
-            } else {
-                fallback
-            },
-            None,
-        );
+        let address = if root.get("listen").is_some() {
+            None
+        } else {
+            fallback
+        };
+        return (address, None, default_workers());
+    };
+    let workers = match s.count(d, "workers") {
+        Some(0) => {
+            d.error(s.key("workers"), "must be at least 1");
+            1
+        }
+        Some(n) => usize::try_from(n).unwrap_or(1024).min(1024),
+        None => default_workers(),
     };
     let address = match s.string(d, "address") {
         Some(a) => parse_addr(d, s.key("address"), a),
@@ -393,7 +408,7 @@ fn read_listen(
         })
     });
     s.finish(d);
-    (address, unix)
+    (address, unix, workers)
 }
 
 /// `[reload]`: every key optional.
