@@ -165,14 +165,15 @@ Idle RSS of twilio-sidecar: {idle.get('twilio-sidecar', 0) / 1024:.1f} MiB (goal
 On this machine the three processes (wrk, proxy, upstream) share the cores, so a proxy's
 throughput is decided by its CPU cost per request. A `perf record` of twilio-sidecar under this
 load (software clock; hardware counters are not available here) puts most of its CPU in the
-kernel: loopback TCP send/receive, and the scheduler waking the peer processes. Counting
-system calls per request with `strace -c` shows twilio-sidecar making fewer than nginx (one
-`writev` and one `recvfrom` on each side, no `EAGAIN` reads, no `getsockopt`), so the gap is in
-user space: hyper's HTTP/1 parsing and connection tasks, rustls, and tokio waking a worker on
-the other core when a pooled upstream connection's task lives there. Running the sidecar on one
-worker thread costs less CPU per request than on two, which points at the next step:
-thread-per-core serving (one current-thread runtime per core with `SO_REUSEPORT` listeners and a
-per-thread upstream pool) so a request never crosses threads.
+kernel: loopback TCP send/receive and the scheduler waking the peer processes — costs every
+proxy here pays. Counting system calls per request with `strace -c` shows twilio-sidecar making
+fewer than nginx (one `writev` and one `recvfrom` on each side, no `EAGAIN` reads, no
+`getsockopt`), so what separates them is user-space work and cross-thread wake-ups. The
+thread-per-core serving (one current-thread runtime per `listen.workers` thread, connections
+handed round-robin, a per-thread upstream pool) removed the cross-thread part: a request is
+handled start to finish on one thread. What remains is hyper's per-connection tasks (a request
+still hops between the app connection's task and the upstream connection's task on the same
+thread) and rustls/hyper parsing.
 """
     (out / "RESULTS.md").write_text(text)
     print(f"report: wrote {out / 'RESULTS.md'} and {out / 'load.svg'}")
