@@ -36,6 +36,17 @@ fn validate(path: &std::path::Path, args: &[&str]) -> (Option<i32>, String, Stri
     )
 }
 
+/// Runs `run --config PATH`, which must refuse to start with exit code 64; returns stderr.
+fn run_refused(path: &std::path::Path) -> String {
+    let out = sidecar_command()
+        .args(["run", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn a_bad_config_exits_64_listing_every_problem() {
     let dir = tempfile::tempdir().unwrap();
@@ -55,13 +66,7 @@ credential = { type = "api_key", key_sid = { file = "missing" } }
 allow = ["POST /a//b", "FETCH /x"]
 "#,
     );
-    let out = sidecar_command()
-        .args(["run", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(64));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = run_refused(&path);
     for needle in [
         "bad.toml: error: listen.address",
         "upstream.default_host",
@@ -87,13 +92,7 @@ deny = ["GET evil.example.com/x"]
 "#
         ),
     );
-    let out = sidecar_command()
-        .args(["run", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(64));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = run_refused(&path);
     for needle in [
         "policy.allow[0]: rule \"POST /a//b\", column 9",
         "policy.allow[1]: rule \"FETCH /x\", column 1",

@@ -315,39 +315,52 @@ fn read_config(table: &toml::Table, base: &Path, d: &mut Diagnostics) -> Option<
 
 /// `[limits]`: every key optional.
 fn read_limits(root: &mut Section<'_>, d: &mut Diagnostics) -> Option<Limits> {
-    let mut out = Limits::default();
-    let Some(mut s) = root.table(d, "limits") else {
-        return if root.get("limits").is_some() {
+    optional_table(root, d, "limits", Limits::default(), |s, d, out| {
+        for (key, slot) in [
+            ("request_timeout", &mut out.request_timeout),
+            ("header_read_timeout", &mut out.header_read_timeout),
+            ("drain_timeout", &mut out.drain_timeout),
+        ] {
+            if let Some(v) = s.duration(d, key) {
+                *slot = v;
+            }
+        }
+        if let Some(n) = s.count(d, "max_request_body") {
+            out.max_request_body = n;
+        }
+        if let Some(n) = s.count(d, "max_header_bytes") {
+            if n < 8192 {
+                d.error(s.key("max_header_bytes"), "must be at least 8192");
+            }
+            out.max_header_bytes = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let Some(n) = s.count(d, "max_concurrent_requests") {
+            if n == 0 {
+                d.error(s.key("max_concurrent_requests"), "must be at least 1");
+            }
+            out.max_concurrent_requests = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+    })
+}
+
+/// Reads an optional table onto defaults: absent, the defaults stand; present, `read` fills
+/// it in. `None` when the table, or any key in it, is wrong (every problem is reported).
+fn optional_table<'a, T>(
+    root: &mut Section<'a>,
+    d: &mut Diagnostics,
+    key: &'a str,
+    mut out: T,
+    read: impl FnOnce(&mut Section<'a>, &mut Diagnostics, &mut T),
+) -> Option<T> {
+    let Some(mut s) = root.table(d, key) else {
+        return if root.get(key).is_some() {
             None
         } else {
             Some(out)
         };
     };
     let before = d.errors.len();
-    for (key, slot) in [
-        ("request_timeout", &mut out.request_timeout),
-        ("header_read_timeout", &mut out.header_read_timeout),
-        ("drain_timeout", &mut out.drain_timeout),
-    ] {
-        if let Some(v) = s.duration(d, key) {
-            *slot = v;
-        }
-    }
-    if let Some(n) = s.count(d, "max_request_body") {
-        out.max_request_body = n;
-    }
-    if let Some(n) = s.count(d, "max_header_bytes") {
-        if n < 8192 {
-            d.error(s.key("max_header_bytes"), "must be at least 8192");
-        }
-        out.max_header_bytes = usize::try_from(n).unwrap_or(usize::MAX);
-    }
-    if let Some(n) = s.count(d, "max_concurrent_requests") {
-        if n == 0 {
-            d.error(s.key("max_concurrent_requests"), "must be at least 1");
-        }
-        out.max_concurrent_requests = usize::try_from(n).unwrap_or(usize::MAX);
-    }
+    read(&mut s, d, &mut out);
     s.finish(d);
     (d.errors.len() == before).then_some(out)
 }
@@ -413,56 +426,38 @@ fn read_listen(
 
 /// `[reload]`: every key optional.
 fn read_reload(root: &mut Section<'_>, d: &mut Diagnostics) -> Option<ReloadConfig> {
-    let mut out = ReloadConfig::default();
-    let Some(mut s) = root.table(d, "reload") else {
-        return if root.get("reload").is_some() {
-            None
-        } else {
-            Some(out)
-        };
-    };
-    let before = d.errors.len();
-    if let Some(w) = s.boolean(d, "watch") {
-        out.watch = w;
-    }
-    if let Some(v) = s.duration(d, "debounce") {
-        out.debounce = v;
-    }
-    s.finish(d);
-    (d.errors.len() == before).then_some(out)
+    optional_table(root, d, "reload", ReloadConfig::default(), |s, d, out| {
+        if let Some(w) = s.boolean(d, "watch") {
+            out.watch = w;
+        }
+        if let Some(v) = s.duration(d, "debounce") {
+            out.debounce = v;
+        }
+    })
 }
 
 /// `[oauth]`: every key optional.
 fn read_oauth(root: &mut Section<'_>, d: &mut Diagnostics) -> Option<OAuthSettings> {
-    let mut out = OAuthSettings::default();
-    let Some(mut s) = root.table(d, "oauth") else {
-        return if root.get("oauth").is_some() {
-            None
-        } else {
-            Some(out)
-        };
-    };
-    let before = d.errors.len();
-    for (key, slot) in [
-        ("token_timeout", &mut out.token_timeout),
-        ("wait_for_token", &mut out.wait_for_token),
-        ("expiry_margin", &mut out.expiry_margin),
-        ("backoff_base", &mut out.backoff_base),
-        ("backoff_max", &mut out.backoff_max),
-        ("fallback_lifetime", &mut out.fallback_lifetime),
-    ] {
-        if let Some(v) = s.duration(d, key) {
-            *slot = v;
+    optional_table(root, d, "oauth", OAuthSettings::default(), |s, d, out| {
+        for (key, slot) in [
+            ("token_timeout", &mut out.token_timeout),
+            ("wait_for_token", &mut out.wait_for_token),
+            ("expiry_margin", &mut out.expiry_margin),
+            ("backoff_base", &mut out.backoff_base),
+            ("backoff_max", &mut out.backoff_max),
+            ("fallback_lifetime", &mut out.fallback_lifetime),
+        ] {
+            if let Some(v) = s.duration(d, key) {
+                *slot = v;
+            }
         }
-    }
-    if let Some(n) = s.count(d, "replay_body_limit") {
-        out.replay_body_limit = n;
-    }
-    if out.backoff_base > out.backoff_max {
-        d.error(s.key("backoff_base"), "must not exceed oauth.backoff_max");
-    }
-    s.finish(d);
-    (d.errors.len() == before).then_some(out)
+        if let Some(n) = s.count(d, "replay_body_limit") {
+            out.replay_body_limit = n;
+        }
+        if out.backoff_base > out.backoff_max {
+            d.error(s.key("backoff_base"), "must not exceed oauth.backoff_max");
+        }
+    })
 }
 
 /// `[listen]` / `[admin]`: `address = "HOST:PORT"`.
@@ -508,7 +503,7 @@ fn read_upstream(
     d: &mut Diagnostics,
     base: &Path,
 ) -> Option<UpstreamConfig> {
-    let mut out = UpstreamConfig {
+    let out = UpstreamConfig {
         default_host: "api.twilio.com".to_string(),
         allowed_hosts: TWILIO_PRODUCT_HOSTS.iter().map(|h| h.to_string()).collect(),
         connect_to: None,
@@ -518,52 +513,44 @@ fn read_upstream(
         pool_idle_timeout: Duration::from_secs(90),
         pool_max_idle_per_host: 64,
     };
-    let Some(mut s) = root.table(d, "upstream") else {
-        return if root.get("upstream").is_some() {
-            None
-        } else {
-            Some(out)
-        };
-    };
-    let before = d.errors.len();
-    if let Some(h) = s.string(d, "default_host") {
-        out.default_host = h.to_ascii_lowercase();
-    }
-    if let Some(hosts) = s.strings(d, "allowed_hosts") {
-        if hosts.is_empty() {
-            d.error(s.key("allowed_hosts"), "must name at least one Twilio host");
+    optional_table(root, d, "upstream", out, |s, d, out| {
+        if let Some(h) = s.string(d, "default_host") {
+            out.default_host = h.to_ascii_lowercase();
         }
-        out.allowed_hosts = hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
-    }
-    if let Err(e) = crate::route::Hosts::new(out.allowed_hosts.iter().map(String::as_str)) {
-        d.error(s.key("allowed_hosts"), e);
-    }
-    if !out.allowed_hosts.contains(&out.default_host) {
-        d.error(
-            s.key("default_host"),
-            format!("{:?} is not in upstream.allowed_hosts", out.default_host),
-        );
-    }
-    if let Some(a) = s.string(d, "connect_to") {
-        out.connect_to = parse_addr(d, s.key("connect_to"), a);
-    }
-    if let Some(p) = s.string(d, "ca_file") {
-        out.ca_file = Some(base.join(p));
-    }
-    for (key, slot) in [
-        ("connect_timeout", &mut out.connect_timeout),
-        ("request_timeout", &mut out.request_timeout),
-        ("pool_idle_timeout", &mut out.pool_idle_timeout),
-    ] {
-        if let Some(v) = s.duration(d, key) {
-            *slot = v;
+        if let Some(hosts) = s.strings(d, "allowed_hosts") {
+            if hosts.is_empty() {
+                d.error(s.key("allowed_hosts"), "must name at least one Twilio host");
+            }
+            out.allowed_hosts = hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
         }
-    }
-    if let Some(n) = s.count(d, "pool_max_idle_per_host") {
-        out.pool_max_idle_per_host = usize::try_from(n).unwrap_or(usize::MAX);
-    }
-    s.finish(d);
-    (d.errors.len() == before).then_some(out)
+        if let Err(e) = crate::route::Hosts::new(out.allowed_hosts.iter().map(String::as_str)) {
+            d.error(s.key("allowed_hosts"), e);
+        }
+        if !out.allowed_hosts.contains(&out.default_host) {
+            d.error(
+                s.key("default_host"),
+                format!("{:?} is not in upstream.allowed_hosts", out.default_host),
+            );
+        }
+        if let Some(a) = s.string(d, "connect_to") {
+            out.connect_to = parse_addr(d, s.key("connect_to"), a);
+        }
+        if let Some(p) = s.string(d, "ca_file") {
+            out.ca_file = Some(base.join(p));
+        }
+        for (key, slot) in [
+            ("connect_timeout", &mut out.connect_timeout),
+            ("request_timeout", &mut out.request_timeout),
+            ("pool_idle_timeout", &mut out.pool_idle_timeout),
+        ] {
+            if let Some(v) = s.duration(d, key) {
+                *slot = v;
+            }
+        }
+        if let Some(n) = s.count(d, "pool_max_idle_per_host") {
+            out.pool_max_idle_per_host = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+    })
 }
 
 /// `"250ms"`, `"5s"`, `"2m"`, `"1h"`.
