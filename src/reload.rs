@@ -208,6 +208,7 @@ fn warn_restart_needed(old: &Config, new: &Config) {
         ("listen.address", old.listen != new.listen),
         ("admin.address", old.admin != new.admin),
         ("listen.unix", old.unix != new.unix),
+        ("listen.workers", old.workers != new.workers),
         (
             "limits.header_read_timeout",
             o.header_read_timeout != n.header_read_timeout,
