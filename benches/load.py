@@ -100,15 +100,19 @@ class Proc:
             pass
         return pids
 
-    def cpu_seconds(self) -> float:
-        total = 0
+    def cpu_split(self) -> tuple:
+        """(user, system) CPU seconds of all the proxy's processes and threads."""
+        user = system = 0
         for pid in self.pids():
             try:
                 fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])  # utime, stime
+                user, system = user + int(fields[11]), system + int(fields[12])  # utime, stime
             except OSError:
                 pass
-        return total / CLK_TCK
+        return user / CLK_TCK, system / CLK_TCK
+
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu_split())
 
     def memory_kib(self, key: str) -> int:
         total = 0
@@ -127,6 +131,13 @@ class Proc:
                 self.popen.wait(10)
             except subprocess.TimeoutExpired:
                 self.popen.kill()
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent not idle (all cores, every process, interrupts)."""
+    fields = [int(x) for x in pathlib.Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
 def start_upstream(d, workers) -> Proc:
@@ -302,9 +313,19 @@ def measure(targets, upstream, concurrencies, args, d):
             order = names[rnd % len(names):] + names[:rnd % len(names)]
             for name in order:
                 p = targets[name]
-                cpu0 = p.cpu_seconds() if p else 0.0
+                user0, sys0 = p.cpu_split() if p else (0.0, 0.0)
+                busy0, t0 = machine_busy_seconds(), time.monotonic()
                 r = run_wrk(urls[name], c, args.seconds, d)
-                r["cpu_s_per_10k"] = ((p.cpu_seconds() - cpu0) / r["requests"] * 10_000) if p and r["requests"] else None
+                busy1, t1 = machine_busy_seconds(), time.monotonic()
+                user1, sys1 = p.cpu_split() if p else (0.0, 0.0)
+                n = r["requests"] or 1
+                r["cpu_s_per_10k"] = ((user1 - user0 + sys1 - sys0) / n * 10_000) if p else None
+                # Per-request CPU in microseconds, split so the report can show what a proxy
+                # could gain at best: its user-space part is its own, the rest is shared.
+                r["proxy_user_us"] = (user1 - user0) / n * 1e6 if p else None
+                r["proxy_sys_us"] = (sys1 - sys0) / n * 1e6 if p else None
+                r["machine_us"] = (busy1 - busy0) / n * 1e6
+                r["machine_busy"] = (busy1 - busy0) / ((t1 - t0) * (os.cpu_count() or 1))
                 if r["non2xx"] or r["socket_errors"]:
                     raise SystemExit(f"{name} at c={c}: {r['non2xx']} non-2xx responses, socket errors: {r['socket_errors']}")
                 samples.setdefault((name, c), []).append(r)
@@ -377,6 +398,10 @@ def main():
                 "p50_us": med([r["p50_us"] for r in rs]), "p99_us": med([r["p99_us"] for r in rs]),
                 "p999_us": med([r["p999_us"] for r in rs]),
                 "cpu_s_per_10k": med([r["cpu_s_per_10k"] for r in rs]),
+                "proxy_user_us": med([r["proxy_user_us"] for r in rs]),
+                "proxy_sys_us": med([r["proxy_sys_us"] for r in rs]),
+                "machine_us": med([r["machine_us"] for r in rs]),
+                "machine_busy": med([r["machine_busy"] for r in rs]),
             })
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,40 @@ def table(results):
     return "\n".join(lines)
 
 
+def cpu_table(results):
+    """Per-request CPU split, and what the sidecar could reach if its user-space work cost nothing."""
+    by = {(r["target"], r["concurrency"]): r for r in results["rows"]}
+    cores = results["machine"]["cores"]
+    if "machine_us" not in results["rows"][0]:
+        return ""
+    lines = ["| c | target | proxy user µs | proxy system µs | rest of machine µs | whole machine µs | machine busy |",
+             "|---|---|---|---|---|---|---|"]
+    ceilings = []
+    for c in results["settings"]["concurrency"]:
+        for name in ["direct", "nginx", "haproxy", "twilio-sidecar"]:
+            r = by[(name, c)]
+            own = (r["proxy_user_us"] or 0) + (r["proxy_sys_us"] or 0)
+            lines.append(f"| {c} | {name} | {fmt(r['proxy_user_us'], 1)} | {fmt(r['proxy_sys_us'], 1)} | "
+                         f"{fmt(r['machine_us'] - own, 1)} | {fmt(r['machine_us'], 1)} | {r['machine_busy'] * 100:.0f}% |")
+        sc, ng, hp = by[("twilio-sidecar", c)], by[("nginx", c)], by[("haproxy", c)]
+        if sc["machine_busy"] < 0.9:
+            continue  # not CPU-bound: freeing CPU would not raise throughput
+        ceiling = cores * 1e6 / (sc["machine_us"] - sc["proxy_user_us"])
+        ceilings.append(f"| c={c} | {fmt(ceiling)} | {ceiling / ng['rps']:.2f}× | {ceiling / hp['rps']:.2f}× |")
+    return ("\n## CPU per request, and the ceiling\n\n"
+            "Per request, in microseconds of CPU: the proxy's own user-space and kernel time, everything else the "
+            "machine did during the run (wrk, the upstream, interrupts), and the whole machine (from `/proc/stat`). "
+            "Medians over rounds.\n\n" + "\n".join(lines) + "\n\n"
+            "The ceiling: the req/s the machine could reach with twilio-sidecar if its user-space CPU were zero — "
+            "no parsing, no TLS, no policy — and every other cost stayed as measured in this run, i.e. "
+            f"{cores} cores / (whole machine µs − sidecar user µs). It applies only where the machine was CPU-bound "
+            "(at least 90% busy), so rows below 90% are left out. Its kernel part is one `recvfrom` and one "
+            "`writev` per message on each side, the fewest a proxy that reads and writes each message once can make; "
+            "on loopback the sender's `writev` also pays for the receiver's TCP processing and wake-up.\n\n"
+            "| concurrency | ceiling req/s | ceiling / nginx measured | ceiling / HAProxy measured |\n"
+            "|---|---|---|---|\n" + "\n".join(ceilings) + "\n")
+
+
 def svg(results, path):
     """Two panels: throughput and p99 per concurrency, one group of bars per concurrency."""
     rows = results["rows"]
@@ -159,7 +193,7 @@ peak RSS over the run — {', '.join(f'{k} {val:,}' for k, val in peak.items())}
 {chr(10).join(goals)}
 
 Idle RSS of twilio-sidecar: {idle.get('twilio-sidecar', 0) / 1024:.1f} MiB (goal ≤ 10 MiB).
-{before}
+{cpu_table(results)}{before}
 ## Where the time goes
 
 On this machine the three processes (wrk, proxy, upstream) share the cores, so a proxy's

@@ -496,9 +496,19 @@ impl Proxy {
             }
         }
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{:08x}{n:016x}", self.id_prefix);
-        HeaderValue::try_from(id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+        generated_request_id(self.id_prefix, n)
     }
+}
+
+/// `{prefix:08x}{n:016x}`, written in place rather than through `format!`: nearly every
+/// request gets one.
+fn generated_request_id(prefix: u32, n: u64) -> HeaderValue {
+    let mut id = [0u8; 24];
+    let digits = (u128::from(prefix) << 64) | u128::from(n);
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = b"0123456789abcdef"[((digits >> (4 * (23 - i))) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 /// Decrements the in-flight gauge however the request ends (including a dropped future).
@@ -588,6 +598,21 @@ mod tests {
         strip_request_headers(&mut h);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["content-type", "user-agent"]);
+    }
+
+    #[test]
+    fn generated_request_ids_are_prefix_then_counter_in_hex() {
+        for (prefix, n) in [
+            (0, 0),
+            (0xdead_beef, 1),
+            (u32::MAX, u64::MAX),
+            (0x1234, 0xabc),
+        ] {
+            assert_eq!(
+                generated_request_id(prefix, n).to_str().unwrap(),
+                format!("{prefix:08x}{n:016x}")
+            );
+        }
     }
 
     #[test]
