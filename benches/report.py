@@ -197,17 +197,25 @@ Idle RSS of twilio-sidecar: {idle.get('twilio-sidecar', 0) / 1024:.1f} MiB (goal
 ## Where the time goes
 
 On this machine the three processes (wrk, proxy, upstream) share the cores, so a proxy's
-throughput is decided by its CPU cost per request. A `perf record` of twilio-sidecar under this
-load (software clock; hardware counters are not available here) puts most of its CPU in the
-kernel: loopback TCP send/receive and the scheduler waking the peer processes — costs every
-proxy here pays. Counting system calls per request with `strace -c` shows twilio-sidecar making
-fewer than nginx (one `writev` and one `recvfrom` on each side, no `EAGAIN` reads, no
-`getsockopt`), so what separates them is user-space work and cross-thread wake-ups. The
-thread-per-core serving (one current-thread runtime per `listen.workers` thread, connections
-handed round-robin, a per-thread upstream pool) removed the cross-thread part: a request is
-handled start to finish on one thread. What remains is hyper's per-connection tasks (a request
-still hops between the app connection's task and the upstream connection's task on the same
-thread) and rustls/hyper parsing.
+throughput is decided by its CPU cost per request, and the table above splits that cost. The
+kernel part (loopback TCP send/receive, waking the peer) is about the same for all three
+proxies; `strace -c` per request shows twilio-sidecar making one `recvfrom` and one `writev` on
+each side and nothing else, fewer system calls than nginx (which adds an `EAGAIN` read and a
+`getsockopt`). What separates the proxies is user-space CPU, where nginx is the leanest. The
+ceiling table shows what that means for the goals: even a proxy with no user-space cost at all,
+paying only the kernel work measured here, could not reach 1.3× nginx's measured throughput on
+this machine, because most of every request's CPU goes to wrk, the upstream and the kernel.
+
+What changed between the runs (each measured on its own with an A/B run of two binaries side by
+side): thread-per-core serving (one current-thread runtime per `listen.workers` thread,
+connections handed round-robin, a per-thread upstream pool — a request is handled start to
+finish on one thread, never waiting on a task another thread must wake); mimalloc instead of
+glibc malloc (without transparent huge pages, which tripled idle RSS); no paging buffer for the
+2010 API; a one-pass header strip; per-thread cached metric handles; request ids written
+without `format!`. A `perf` profile of what remains in user space is spread thin: tokio's
+scheduler and channels (a request still hops from the app connection's task to the upstream
+connection's task and back, through hyper's dispatch channel and a oneshot), hyper's parsing
+and encoding, the connection pool's checkout, rustls' record encryption, and allocation.
 """
     (out / "RESULTS.md").write_text(text)
     print(f"report: wrote {out / 'RESULTS.md'} and {out / 'load.svg'}")
