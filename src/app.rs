@@ -22,22 +22,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::Request;
 use hyper::body::Incoming;
 use rustls_pki_types::CertificateDer;
 use tokio::net::{TcpListener, UnixListener};
-use tower::{Service, ServiceBuilder, ServiceExt};
 use tracing::{error, info, warn};
 
 use crate::admin::Admin;
 use crate::config::reader::Diagnostic;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
-use crate::proxy::{Proxy, ProxyService};
+use crate::proxy::Proxy;
 use crate::reload::{publish_state_metrics, Reloader};
 use crate::server::{hand_off, serve, Handoff, ServerOptions};
 use crate::state::{SharedState, State};
-use crate::upstream::ResponseBody;
 
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
@@ -146,13 +144,25 @@ impl Sidecar {
         };
 
         let proxy = Arc::new(Proxy::new(self.shared.clone(), self.metrics.clone()));
-        let stack = ServiceBuilder::new()
-            .load_shed()
-            .concurrency_limit(limits.max_concurrent_requests)
-            .service(ProxyService(proxy.clone()));
+        // Load shedding: past `limits.max_concurrent_requests` in flight, a request is answered
+        // 503 at once rather than queued behind the others. A permit is one atomic operation,
+        // and the request future stays inline in its connection's task (no box per request).
+        let permits = limits
+            .max_concurrent_requests
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(permits));
         let handler = move |req: Request<Incoming>| {
-            let (mut stack, proxy) = (stack.clone(), proxy.clone());
-            async move { shed_or_handle(&mut stack, &proxy, req).await }
+            let (proxy, in_flight) = (proxy.clone(), in_flight.clone());
+            async move {
+                match in_flight.try_acquire() {
+                    Ok(_permit) => proxy.handle(req).await,
+                    Err(_) => proxy.shed(
+                        req.method(),
+                        req.uri(),
+                        req.headers().get(crate::proxy::X_REQUEST_ID),
+                    ),
+                }
+            }
         };
 
         // The proxy listeners stop first; the admin listener keeps answering (readyz:
@@ -263,29 +273,6 @@ impl Sidecar {
         let _ = admin_server.await;
         info!("stopped");
     }
-}
-
-/// Runs `req` through the limit stack; a shed request gets its 503 from the proxy, so it is
-/// counted and logged like every other.
-async fn shed_or_handle<S>(
-    stack: &mut S,
-    proxy: &Proxy,
-    req: Request<Incoming>,
-) -> Response<ResponseBody>
-where
-    S: Service<Request<Incoming>, Response = Response<ResponseBody>, Error = tower::BoxError>,
-{
-    // What a shed answer needs, kept before the request is handed over (clones of
-    // reference-counted values; nothing is allocated).
-    let method = req.method().clone();
-    let uri = req.uri().clone();
-    let request_id = req.headers().get(crate::proxy::X_REQUEST_ID).cloned();
-    // Load shedding turns "over the limit" into an error from `call` (never from `ready`).
-    let outcome = match stack.ready().await {
-        Ok(ready) => ready.call(req).await,
-        Err(e) => Err(e),
-    };
-    outcome.unwrap_or_else(|_| proxy.shed(&method, &uri, request_id.as_ref()))
 }
 
 /// Binds the unix socket, replacing a stale one, and sets its file mode.

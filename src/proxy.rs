@@ -575,6 +575,26 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
+/// The length of a response whose paging links may be rewritten: a successful, uncompressed
+/// JSON body of a known size up to [`MAX_REWRITE_BODY`].
+fn rewritable_json(response: &Response<Incoming>) -> Option<u64> {
+    let headers = response.headers();
+    let json = headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        // Case-insensitive, without allocating: `application/json` or `application/…+json`.
+        let ct = v.as_bytes();
+        let essence = ct.split(|b| *b == b';').next().unwrap_or(ct).trim_ascii();
+        essence.eq_ignore_ascii_case(b"application/json")
+            || (essence.len() > 17
+                && essence[..12].eq_ignore_ascii_case(b"application/")
+                && essence[essence.len() - 5..].eq_ignore_ascii_case(b"+json"))
+    });
+    let identity = headers
+        .get(header::CONTENT_ENCODING)
+        .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let len = response.body().size_hint().exact()?;
+    (response.status().is_success() && json && identity && len <= MAX_REWRITE_BODY).then_some(len)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -620,48 +640,4 @@ mod tests {
         assert_eq!(method_label(&Method::POST), "POST");
         assert_eq!(method_label(&Method::from_bytes(b"post").unwrap()), "OTHER");
     }
-}
-
-/// The proxy as a tower service, so the listener can put tower's limit layers in front of it.
-#[derive(Debug, Clone)]
-pub struct ProxyService(pub Arc<Proxy>);
-
-impl tower::Service<Request<Incoming>> for ProxyService {
-    type Response = Response<Body>;
-    type Error = std::convert::Infallible;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Response<Body>, Self::Error>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let proxy = self.0.clone();
-        Box::pin(async move { Ok(proxy.handle(req).await) })
-    }
-}
-
-/// The length of a response whose paging links may be rewritten: a successful, uncompressed
-/// JSON body of a known size up to [`MAX_REWRITE_BODY`].
-fn rewritable_json(response: &Response<Incoming>) -> Option<u64> {
-    let headers = response.headers();
-    let json = headers.get(header::CONTENT_TYPE).is_some_and(|v| {
-        // Case-insensitive, without allocating: `application/json` or `application/…+json`.
-        let ct = v.as_bytes();
-        let essence = ct.split(|b| *b == b';').next().unwrap_or(ct).trim_ascii();
-        essence.eq_ignore_ascii_case(b"application/json")
-            || (essence.len() > 17
-                && essence[..12].eq_ignore_ascii_case(b"application/")
-                && essence[essence.len() - 5..].eq_ignore_ascii_case(b"+json"))
-    });
-    let identity = headers
-        .get(header::CONTENT_ENCODING)
-        .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    let len = response.body().size_hint().exact()?;
-    (response.status().is_success() && json && identity && len <= MAX_REWRITE_BODY).then_some(len)
 }
