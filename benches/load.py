@@ -163,11 +163,13 @@ http {{
     return Proc("upstream", p, port)
 
 
-def start_nginx(d, workers, upstream, auth) -> Proc:
+def start_nginx(d, workers, upstream, auth, wrap=()) -> Proc:
+    """`wrap` is a command prefix (e.g. valgrind); nginx then runs as one process, no master."""
     port = free_port()
     conf = d / "nginx-proxy.conf"
+    master = "off" if wrap else "on"
     conf.write_text(f"""
-daemon off; master_process on; worker_processes {workers}; pid {d}/nginx-proxy.pid;
+daemon off; master_process {master}; worker_processes {workers}; pid {d}/nginx-proxy.pid;
 error_log {d}/nginx-proxy-error.log warn;
 events {{ worker_connections 4096; }}
 http {{
@@ -196,12 +198,12 @@ http {{
   }}
 }}
 """)
-    p = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(d)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port)
+    p = subprocess.Popen([*wrap, "nginx", "-c", str(conf), "-p", str(d)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port, 120 if wrap else 20)
     return Proc("nginx", p, port)
 
 
-def start_haproxy(d, workers, upstream, auth) -> Proc:
+def start_haproxy(d, workers, upstream, auth, wrap=()) -> Proc:
     port = free_port()
     conf = d / "haproxy.cfg"
     conf.write_text(f"""
@@ -229,12 +231,12 @@ frontend app
 backend twilio
   server api 127.0.0.1:{upstream} ssl verify required ca-file {d}/ca.pem sni str(api.twilio.com) verifyhost api.twilio.com alpn http/1.1 pool-max-conn 256
 """)
-    p = subprocess.Popen(["haproxy", "-f", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port)
+    p = subprocess.Popen([*wrap, "haproxy", "-f", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port, 120 if wrap else 20)
     return Proc("haproxy", p, port)
 
 
-def start_sidecar(d, workers, upstream, binary) -> Proc:
+def start_sidecar(d, workers, upstream, binary, wrap=()) -> Proc:
     port, admin = free_port(), free_port()
     (d / "key_sid").write_text(KEY_SID)
     (d / "secret").write_text(SECRET)
@@ -260,9 +262,9 @@ credential = {{ type = "api_key", key_sid = {{ file = "{d}/key_sid" }}, secret =
 [policy]
 allow = ["GET,POST /2010-04-01/Accounts/{{AccountSid}}/Messages.json", "GET,POST /2010-04-01/Accounts/{{AccountSid}}/Messages/*"]
 """)
-    p = subprocess.Popen([binary, "--log-level", "warn", "run", "--config", str(conf)],
+    p = subprocess.Popen([*wrap, binary, "--log-level", "warn", "run", "--config", str(conf)],
                          stdout=subprocess.DEVNULL, stderr=open(d / "sidecar.log", "w"))
-    wait_port(port)
+    wait_port(port, 120 if wrap else 20)
     return Proc("twilio-sidecar", p, port)
 
 

@@ -59,6 +59,11 @@ impl<'a> CanonicalPath<'a> {
         let mut has_percent = false;
         let mut i = 0;
         while i < bytes.len() {
+            // Fast path: a byte that may appear raw (the common case for every byte).
+            if RAW_OK[usize::from(bytes[i])] {
+                i += 1;
+                continue;
+            }
             match bytes[i] {
                 b'%' => {
                     let (hi, lo) = match (bytes.get(i + 1), bytes.get(i + 2)) {
@@ -101,7 +106,7 @@ impl<'a> CanonicalPath<'a> {
         // Segment checks run on the decoded form, so `%2e%2E` is the same `..` as `..`.
         // Decoding never creates a '/', so decoded segments line up with raw ones.
         let mut count = 0;
-        for segment in decoded[1..].split('/') {
+        for segment in Segments::of(&decoded) {
             count += 1;
             if count > MAX_SEGMENTS {
                 return Err(PathError::TooManySegments);
@@ -126,8 +131,8 @@ impl<'a> CanonicalPath<'a> {
     }
 
     /// Decoded segments, without the leading empty one.
-    pub fn segments(&self) -> std::str::Split<'_, char> {
-        self.decoded[1..].split('/')
+    pub fn segments(&self) -> Segments<'_> {
+        Segments::of(&self.decoded)
     }
 
     /// Decoded segments collected into a stack array, for matchers that need random access.
@@ -142,6 +147,36 @@ impl<'a> CanonicalPath<'a> {
             array.len += 1;
         }
         array
+    }
+}
+
+/// The segments of a path that starts with '/', split with a plain byte loop: segments are a
+/// few bytes long, too short for `str::split`'s memchr to pay for its setup.
+#[derive(Debug, Clone)]
+pub struct Segments<'p> {
+    rest: Option<&'p str>,
+}
+
+impl<'p> Segments<'p> {
+    fn of(path: &'p str) -> Self {
+        Segments {
+            rest: path.get(1..),
+        }
+    }
+}
+
+impl<'p> Iterator for Segments<'p> {
+    type Item = &'p str;
+
+    fn next(&mut self) -> Option<&'p str> {
+        let rest = self.rest?;
+        match rest.bytes().position(|b| b == b'/') {
+            Some(end) => {
+                self.rest = rest.get(end + 1..);
+                rest.get(..end)
+            }
+            None => self.rest.take(),
+        }
     }
 }
 
@@ -168,9 +203,21 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
+/// `RAW_OK[b]`: `b` may appear raw in a path (and is not '%'), so the parser can skip it with one
+/// table lookup. Built from [`check_raw`], so the two can never disagree.
+const RAW_OK: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = b as u8 != b'%' && check_raw(b as u8).is_ok();
+        b += 1;
+    }
+    table
+};
+
 /// Bytes that may not appear raw in a path: everything outside RFC 3986 `pchar` and `/`
 /// (servers disagree on what to do with them), plus `;`, which some servers split on.
-fn check_raw(b: u8) -> Result<(), PathError> {
+const fn check_raw(b: u8) -> Result<(), PathError> {
     match b {
         b'\\' => Err(PathError::ForbiddenByte("a backslash")),
         b';' => Err(PathError::ForbiddenByte(
@@ -205,6 +252,34 @@ fn check_decoded(b: u8) -> Result<(), PathError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segments_split_like_str_split() {
+        for p in [
+            "/",
+            "/a",
+            "/a/",
+            "/a/b",
+            "//",
+            "/2010-04-01/Accounts/AC1/Messages.json",
+            "/é/x",
+        ] {
+            let ours: Vec<&str> = Segments::of(p).collect();
+            let std: Vec<&str> = p[1..].split('/').collect();
+            assert_eq!(ours, std, "{p}");
+        }
+    }
+
+    #[test]
+    fn the_fast_path_table_agrees_with_check_raw() {
+        for b in 0..=255u8 {
+            assert_eq!(
+                RAW_OK[usize::from(b)],
+                b != b'%' && check_raw(b).is_ok(),
+                "{b}"
+            );
+        }
+    }
 
     fn refused(p: &str) -> PathError {
         CanonicalPath::parse(p).expect_err(p)
