@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end load comparison on this machine, in one run: direct (no proxy), nginx, HAProxy and
 # twilio-sidecar doing the same job in front of the same TLS upstream, driven by wrk.
-# Writes benches/results.json, benches/RESULTS.md and benches/load.svg.
+# Then counts each proxy's user-space instructions per request under callgrind
+# (benches/instructions.py). Writes benches/results.json, benches/instructions.json,
+# benches/RESULTS.md and benches/load.svg.
 #
 #   bash benches/load.sh              # the full run (a few minutes)
 #   bash benches/load.sh --smoke      # a few seconds: checks every target works (run in CI)
@@ -16,6 +18,7 @@ have haproxy || missing+=(haproxy)
 have wrk || missing+=(wrk)
 have openssl || missing+=(openssl)
 have pgrep || missing+=(procps)
+have valgrind || missing+=(valgrind)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo
@@ -28,7 +31,9 @@ if [ "${1:-}" = "--smoke" ]; then
   cargo build --locked --bin twilio-sidecar
   out=$(mktemp -d)
   python3 benches/load.py --binary target/debug/twilio-sidecar --smoke --out "$out" "$@"
-  python3 benches/report.py --results "$out/results.json" --before /nonexistent --out "$out"
+  python3 benches/instructions.py --binary target/debug/twilio-sidecar --seconds 1 --out "$out/instructions.json"
+  python3 benches/report.py --results "$out/results.json" --before /nonexistent \
+    --instructions "$out/instructions.json" --out "$out"
   grep -q "twilio-sidecar" "$out/RESULTS.md"
   echo "load.sh: smoke run OK (results in $out, RESULTS.md not touched)"
   exit 0
@@ -36,4 +41,5 @@ fi
 
 cargo build --locked --release --bin twilio-sidecar
 python3 benches/load.py --binary target/release/twilio-sidecar "$@"
+python3 benches/instructions.py --binary target/release/twilio-sidecar --out benches/instructions.json
 python3 benches/report.py
