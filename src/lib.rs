@@ -17,7 +17,8 @@
 //! - [`request_path`]: canonical-or-refuse path parsing, decoded once.
 //! - [`policy`]: the rule language ([`policy::rule`]), its compiled matcher and its lint.
 //! - [`credentials`]: each account's ready-made `Authorization` header.
-//! - [`upstream`]: pooled hyper-util client over rustls; `connect_to` override.
+//! - [`upstream`]: verified TLS to Twilio (rustls), `connect_to` override.
+//! - [`connection_pool`]: per-thread, per-host upstream connections (h2 shared, HTTP/1.1 leased).
 //! - [`paging`]: paging links in JSON pages pointed back at the sidecar.
 //! - [`error`]: Twilio-shaped JSON errors and their codes.
 //!
@@ -33,6 +34,7 @@ pub mod app;
 pub mod catalogue;
 pub mod commands;
 pub mod config;
+pub mod connection_pool;
 pub mod credentials;
 pub mod dev;
 pub mod error;

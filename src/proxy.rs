@@ -34,6 +34,7 @@ use hyper::body::Body as _;
 use hyper::body::Incoming;
 use tracing::{info, warn};
 
+use crate::connection_pool::UpstreamBody;
 use crate::credentials::{Account, Attached};
 use crate::error::{ProxyError, UpstreamFailure};
 use crate::gate::{Gate, Trace};
@@ -419,7 +420,7 @@ impl Proxy {
     /// Buffers a (bounded, uncompressed) JSON page and points its paging links back here.
     async fn rewrite_paging(
         &self,
-        response: Response<Incoming>,
+        response: Response<UpstreamBody>,
         len: u64,
         base: Option<LinkBase>,
         hosts: &crate::route::Hosts,
@@ -469,7 +470,7 @@ impl Proxy {
         state: &State,
         host: &str,
         req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
         let sent = Instant::now();
         let result = state.upstream.send(req).await;
         self.metrics
@@ -577,7 +578,7 @@ fn method_label(method: &Method) -> &'static str {
 
 /// The length of a response whose paging links may be rewritten: a successful, uncompressed
 /// JSON body of a known size up to [`MAX_REWRITE_BODY`].
-fn rewritable_json(response: &Response<Incoming>) -> Option<u64> {
+fn rewritable_json(response: &Response<UpstreamBody>) -> Option<u64> {
     let headers = response.headers();
     let json = headers.get(header::CONTENT_TYPE).is_some_and(|v| {
         // Case-insensitive, without allocating: `application/json` or `application/…+json`.

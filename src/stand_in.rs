@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -95,6 +96,8 @@ pub struct Recorded {
     pub host: Option<String>,
     /// The TLS server name the client asked for.
     pub sni: Option<String>,
+    /// Which TLS connection it came on: 1 for the first the stand-in accepted, and so on.
+    pub connection: u64,
     pub version: Version,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -130,6 +133,7 @@ pub struct StandIn {
     pki: ThrowawayPki,
     log: Arc<Mutex<VecDeque<Recorded>>>,
     responder: Arc<RwLock<Responder>>,
+    accepted: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -154,10 +158,20 @@ impl StandIn {
         Self::start_with(pki, "127.0.0.1:0".parse()?).await
     }
 
-    /// Starts on `addr` serving `pki`'s server certificate.
+    /// Starts on `addr` serving `pki`'s server certificate, offering h2 and http/1.1.
     pub async fn start_with(
         pki: ThrowawayPki,
         addr: SocketAddr,
+    ) -> Result<StandIn, Box<dyn std::error::Error + Send + Sync>> {
+        Self::start_with_alpn(pki, addr, &[b"h2", b"http/1.1"]).await
+    }
+
+    /// Starts on `addr` offering exactly `alpn` (e.g. only `http/1.1`, as some Twilio edges and
+    /// most test upstreams do).
+    pub async fn start_with_alpn(
+        pki: ThrowawayPki,
+        addr: SocketAddr,
+        alpn: &[&[u8]],
     ) -> Result<StandIn, Box<dyn std::error::Error + Send + Sync>> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
@@ -167,14 +181,15 @@ impl StandIn {
                 pki.server_chain.clone(),
                 PrivateKeyDer::Pkcs8(pki.server_key.clone_key()),
             )?;
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let acceptor = TlsAcceptor::from(Arc::new(tls));
+        let accepted = Arc::new(AtomicU64::new(0));
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let log = Arc::new(Mutex::new(VecDeque::new()));
         let responder: Arc<RwLock<Responder>> = Arc::new(RwLock::new(Arc::new(echo)));
 
-        let (log2, responder2) = (log.clone(), responder.clone());
+        let (log2, responder2, accepted2) = (log.clone(), responder.clone(), accepted.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
@@ -182,17 +197,19 @@ impl StandIn {
                     continue;
                 };
                 let acceptor = acceptor.clone();
-                let (log, responder) = (log2.clone(), responder2.clone());
+                let (log, responder, accepted) =
+                    (log2.clone(), responder2.clone(), accepted2.clone());
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
                     let sni = tls.get_ref().1.server_name().map(str::to_string);
+                    let connection = accepted.fetch_add(1, Ordering::Relaxed) + 1;
                     let service = service_fn(move |req| {
                         let (log, responder, sni) = (log.clone(), responder.clone(), sni.clone());
                         async move {
                             Ok::<_, std::convert::Infallible>(
-                                answer(req, sni, &log, &responder).await,
+                                answer(req, sni, connection, &log, &responder).await,
                             )
                         }
                     });
@@ -207,6 +224,7 @@ impl StandIn {
             pki,
             log,
             responder,
+            accepted,
             task,
         })
     }
@@ -224,6 +242,11 @@ impl StandIn {
     /// Its CA certificate (PEM), for `upstream.ca_file`.
     pub fn ca_pem(&self) -> &str {
         &self.pki.ca_pem
+    }
+
+    /// How many TLS connections it has accepted.
+    pub fn connections(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
     }
 
     /// Everything received so far, oldest first.
@@ -252,6 +275,7 @@ impl StandIn {
 async fn answer(
     req: Request<Incoming>,
     sni: Option<String>,
+    connection: u64,
     log: &Mutex<VecDeque<Recorded>>,
     responder: &RwLock<Responder>,
 ) -> Response<Full<Bytes>> {
@@ -275,6 +299,7 @@ async fn answer(
             .map_or_else(|| parts.uri.path().to_string(), |pq| pq.to_string()),
         host,
         sni,
+        connection,
         version: parts.version,
         headers: parts.headers,
         body,

@@ -1,4 +1,5 @@
-//! The connection to Twilio: a pooled hyper-util client over rustls, verified TLS only.
+//! The connection to Twilio: verified TLS only, pooled per serving thread
+//! ([`crate::connection_pool`]).
 //!
 //! Trust is the webpki roots plus `upstream.ca_file`; ALPN offers h2 and http/1.1. With
 //! `upstream.connect_to` every connection goes to that one socket address, but the URI (and so
@@ -17,23 +18,21 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{Either, Full, Limited};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
 use crate::config::UpstreamConfig;
+use crate::connection_pool::{ConnectionPool, UpstreamBody};
 use crate::error::UpstreamFailure;
 
 /// Request bodies to Twilio: the app's, streamed under the body limit, or bytes the sidecar
 /// holds (a buffered body, a token request).
 pub type RequestBody = Either<Limited<Incoming>, Full<Bytes>>;
 /// Response bodies to the app: Twilio's, streamed, or one the sidecar made.
-pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
 
 /// Resolves every Twilio host to `connect_to` when set, else through the system resolver.
 #[derive(Clone, Debug)]
@@ -69,11 +68,11 @@ impl tower_service::Service<Name> for Resolver {
     }
 }
 
-/// The pooled client and the settings it was built from.
+/// The connection pools and the settings they were built from.
 pub struct Upstream {
-    /// One pooled client per serving thread (index 0: the main runtime), so a request never
-    /// waits on a connection task that lives on another thread.
-    clients: Vec<Client<HttpsConnector<HttpConnector<Resolver>>, RequestBody>>,
+    /// One pool per serving thread (index 0: the main runtime), so a request never waits on a
+    /// connection task that lives on another thread.
+    pools: Vec<Arc<ConnectionPool>>,
     request_timeout: Duration,
     settings: UpstreamConfig,
     ca_pem: Option<Vec<u8>>,
@@ -165,19 +164,18 @@ impl Upstream {
             .enable_http2()
             .wrap_connector(http);
 
-        let clients = (0..=workers)
+        let pools = (0..=workers)
             .map(|_| {
-                Client::builder(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(settings.pool_idle_timeout)
-                    .pool_max_idle_per_host(settings.pool_max_idle_per_host)
-                    .build(https.clone())
+                Arc::new(ConnectionPool::new(
+                    https.clone(),
+                    settings.pool_idle_timeout,
+                    settings.pool_max_idle_per_host,
+                ))
             })
             .collect();
 
         Ok(Upstream {
-            clients,
+            pools,
             request_timeout: settings.request_timeout,
             settings: settings.clone(),
             ca_pem,
@@ -187,7 +185,7 @@ impl Upstream {
     /// True when this client can serve `settings` unchanged (same settings, same CA bytes), so a
     /// reload keeps its warm connection pool.
     pub fn reusable_for(&self, settings: &UpstreamConfig, workers: usize) -> bool {
-        if self.settings != *settings || self.clients.len() != workers + 1 {
+        if self.settings != *settings || self.pools.len() != workers + 1 {
             return false;
         }
         match &settings.ca_file {
@@ -205,13 +203,17 @@ impl Upstream {
     pub async fn send(
         &self,
         req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, UpstreamFailure> {
-        let client = &self.clients[serving_thread() % self.clients.len()];
-        match tokio::time::timeout(self.request_timeout, client.request(req)).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(classify(&e)),
+    ) -> Result<Response<UpstreamBody>, UpstreamFailure> {
+        let pool = &self.pools[serving_thread() % self.pools.len()];
+        match tokio::time::timeout(self.request_timeout, pool.send(req)).await {
+            Ok(result) => result,
             Err(_) => Err(UpstreamFailure::Timeout),
         }
+    }
+
+    /// Idle upstream connections kept, over all serving threads.
+    pub fn idle_connections(&self) -> usize {
+        self.pools.iter().map(|p| p.idle_count()).sum()
     }
 }
 
@@ -229,20 +231,9 @@ fn serving_thread() -> usize {
     SERVING_THREAD.with(std::cell::Cell::get)
 }
 
-/// Sorts a client error into the `kind` label.
-fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamFailure {
-    if std::error::Error::source(e).is_some_and(is_tls_error) {
-        UpstreamFailure::Tls
-    } else if e.is_connect() {
-        UpstreamFailure::Connect
-    } else {
-        UpstreamFailure::Protocol
-    }
-}
-
 /// True when a rustls error sits anywhere in the chain. `io::Error` wraps its payload in a way
 /// `source()` skips (it returns the payload's source), so look inside it explicitly.
-fn is_tls_error(err: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn is_tls_error(err: &(dyn std::error::Error + 'static)) -> bool {
     if err.downcast_ref::<rustls::Error>().is_some() {
         return true;
     }

@@ -1,0 +1,290 @@
+//! The upstream connection pool against a real TLS stand-in: HTTP/1.1 connections are reused,
+//! handed back only when their response was read to the end, dropped when Twilio closes them
+//! or they sit idle too long, capped per host; HTTP/2 shares one connection; failures are
+//! sorted into the right `kind`. Then the whole binary against an HTTP/1.1-only Twilio.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode, Version};
+use http_body_util::{BodyExt, Either, Full};
+use twilio_sidecar::config::UpstreamConfig;
+use twilio_sidecar::error::UpstreamFailure;
+use twilio_sidecar::stand_in::{echo, StandIn, ThrowawayPki};
+use twilio_sidecar::upstream::{RequestBody, Upstream};
+
+const HOST: &str = "api.twilio.com";
+
+async fn stand_in_http1_only() -> StandIn {
+    let pki = ThrowawayPki::new(&[HOST, "verify.twilio.com"]).expect("pki");
+    StandIn::start_with_alpn(pki, "127.0.0.1:0".parse().unwrap(), &[b"http/1.1"])
+        .await
+        .expect("stand-in")
+}
+
+fn settings(stand_in: &StandIn, idle_timeout: Duration, max_idle: usize) -> UpstreamConfig {
+    UpstreamConfig {
+        default_host: HOST.into(),
+        allowed_hosts: vec![HOST.into(), "verify.twilio.com".into()],
+        connect_to: Some(stand_in.addr()),
+        ca_file: None,
+        connect_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(10),
+        pool_idle_timeout: idle_timeout,
+        pool_max_idle_per_host: max_idle,
+    }
+}
+
+fn upstream(stand_in: &StandIn, idle_timeout: Duration, max_idle: usize) -> Upstream {
+    Upstream::new(
+        &settings(stand_in, idle_timeout, max_idle),
+        1,
+        &[stand_in.ca_der()],
+    )
+    .expect("upstream")
+}
+
+fn get(host: &str, path: &str) -> Request<RequestBody> {
+    Request::get(format!("https://{host}{path}"))
+        .body(Either::Right(Full::new(Bytes::new())))
+        .unwrap()
+}
+
+/// Sends a GET and reads the whole body.
+async fn fetch(up: &Upstream, path: &str) -> (StatusCode, Bytes) {
+    let response = up.send(get(HOST, path)).await.expect("response");
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, body)
+}
+
+/// Waits (bounded) until `cond` holds; the pool hands connections back asynchronously.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn http1_connection_is_reused_with_origin_form_and_the_twilio_host() {
+    let stand_in = stand_in_http1_only().await;
+    let up = upstream(&stand_in, Duration::from_secs(60), 8);
+    for i in 0..20 {
+        let (status, _) = fetch(&up, &format!("/2010-04-01/Accounts.json?Page={i}")).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let seen = stand_in.requests();
+    assert_eq!(seen.len(), 20);
+    assert!(seen.iter().all(|r| r.version == Version::HTTP_11));
+    assert!(seen.iter().all(|r| r.host.as_deref() == Some(HOST)));
+    assert!(seen.iter().all(|r| r.sni.as_deref() == Some(HOST)));
+    assert_eq!(seen[3].target, "/2010-04-01/Accounts.json?Page=3");
+    assert_eq!(
+        stand_in.connections(),
+        1,
+        "sequential requests share one connection"
+    );
+    assert_eq!(up.idle_connections(), 1);
+
+    // Another host gets its own connection, with its own Host header.
+    let response = up
+        .send(get("verify.twilio.com", "/v2/Services"))
+        .await
+        .unwrap();
+    response.into_body().collect().await.unwrap();
+    assert_eq!(stand_in.connections(), 2);
+    let last = stand_in.requests().pop().unwrap();
+    assert_eq!(last.host.as_deref(), Some("verify.twilio.com"));
+    assert_eq!(last.sni.as_deref(), Some("verify.twilio.com"));
+}
+
+#[tokio::test]
+async fn a_response_left_unread_closes_its_connection() {
+    let stand_in = stand_in_http1_only().await;
+    let up = upstream(&stand_in, Duration::from_secs(60), 8);
+    // The app went away before reading the body: the rest of it is still on the wire, so the
+    // connection cannot carry another request.
+    let response = up.send(get(HOST, "/v1/a")).await.unwrap();
+    drop(response);
+    assert_eq!(up.idle_connections(), 0);
+    let (status, _) = fetch(&up, "/v1/b").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(stand_in.connections(), 2);
+    assert_eq!(up.idle_connections(), 1);
+}
+
+#[tokio::test]
+async fn a_connection_twilio_closes_is_not_reused() {
+    let stand_in = stand_in_http1_only().await;
+    stand_in.set_responder(|r| {
+        let mut reply = echo(r);
+        reply.headers.push(("connection".into(), "close".into()));
+        reply
+    });
+    let up = upstream(&stand_in, Duration::from_secs(60), 8);
+    for i in 0..5 {
+        let (status, _) = fetch(&up, &format!("/v1/close/{i}")).await;
+        assert_eq!(status, StatusCode::OK, "request {i}");
+    }
+    assert_eq!(stand_in.connections(), 5);
+    eventually("closed connections are not kept", || {
+        up.idle_connections() == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn idle_connections_close_after_the_idle_timeout() {
+    let stand_in = stand_in_http1_only().await;
+    let up = upstream(&stand_in, Duration::from_millis(100), 8);
+    fetch(&up, "/v1/one").await;
+    assert_eq!(up.idle_connections(), 1);
+    eventually("the idle connection is closed", || {
+        up.idle_connections() == 0
+    })
+    .await;
+    // And the pool still works afterwards, on a new connection.
+    fetch(&up, "/v1/two").await;
+    assert_eq!(stand_in.connections(), 2);
+    assert_eq!(up.idle_connections(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_requests_each_get_a_connection_and_at_most_max_idle_are_kept() {
+    let stand_in = stand_in_http1_only().await;
+    stand_in.set_responder(|r| {
+        let mut reply = echo(r);
+        reply.delay = Duration::from_millis(200);
+        reply
+    });
+    let up = std::sync::Arc::new(upstream(&stand_in, Duration::from_secs(60), 2));
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let up = up.clone();
+            tokio::spawn(async move { fetch(&up, &format!("/v1/c/{i}")).await.0 })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    // HTTP/1.1 carries one exchange at a time: eight at once need eight connections.
+    assert_eq!(stand_in.connections(), 8);
+    assert_eq!(
+        up.idle_connections(),
+        2,
+        "pool_max_idle_per_host caps what is kept"
+    );
+    stand_in.set_responder(echo);
+    fetch(&up, "/v1/after").await;
+    fetch(&up, "/v1/after").await;
+    assert_eq!(stand_in.connections(), 8, "the kept connections are reused");
+}
+
+#[tokio::test]
+async fn http2_requests_share_one_connection() {
+    let pki = ThrowawayPki::new(&[HOST]).unwrap();
+    let stand_in = StandIn::start_with(pki, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    stand_in.set_responder(|r| {
+        let mut reply = echo(r);
+        reply.delay = Duration::from_millis(100);
+        reply
+    });
+    let up = std::sync::Arc::new(upstream(&stand_in, Duration::from_secs(60), 8));
+    // One request first, so the rest find the h2 connection rather than racing to open one.
+    fetch(&up, "/v1/first").await;
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let up = up.clone();
+            tokio::spawn(async move { fetch(&up, &format!("/v1/h2/{i}")).await.0 })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(stand_in.connections(), 1);
+    assert!(stand_in
+        .requests()
+        .iter()
+        .all(|r| r.version == Version::HTTP_2 && r.host.as_deref() == Some(HOST)));
+    assert_eq!(up.idle_connections(), 0, "h2 is shared, never leased");
+}
+
+#[tokio::test]
+async fn failures_are_sorted_by_kind() {
+    // Nothing listening: connect.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let stand_in = stand_in_http1_only().await;
+    let mut s = settings(&stand_in, Duration::from_secs(60), 8);
+    s.connect_to = Some(closed);
+    let up = Upstream::new(&s, 1, &[stand_in.ca_der()]).unwrap();
+    assert_eq!(
+        up.send(get(HOST, "/v1/x")).await.unwrap_err(),
+        UpstreamFailure::Connect
+    );
+
+    // A certificate from a CA the sidecar was not told to trust: tls, and nothing arrives.
+    let untrusted = ThrowawayPki::new(&[HOST]).unwrap();
+    let up = Upstream::new(
+        &settings(&stand_in, Duration::from_secs(60), 8),
+        1,
+        std::slice::from_ref(&untrusted.ca_der),
+    )
+    .unwrap();
+    assert_eq!(
+        up.send(get(HOST, "/v1/x")).await.unwrap_err(),
+        UpstreamFailure::Tls
+    );
+    assert!(stand_in.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecar_speaks_http1_to_an_http1_only_twilio() {
+    let h = Harness::start_against(stand_in_http1_only().await, |ctx| {
+        standard_config(ctx, "", POLICY)
+    })
+    .await;
+    let path = format!("/2010-04-01/Accounts/{SID}/Messages.json");
+    for _ in 0..5 {
+        let resp = h
+            .send(
+                "POST",
+                &path,
+                &[("Authorization", &basic("ACapp", "app-own-token"))],
+                b"Body=hi",
+            )
+            .await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+    }
+    let seen = h.stand_in.requests();
+    assert_eq!(seen.len(), 5);
+    for r in &seen {
+        assert_eq!(r.version, Version::HTTP_11);
+        assert_eq!(r.host.as_deref(), Some(HOST));
+        assert_eq!(r.target, path);
+        assert_eq!(r.header_values("authorization"), [expected_authorization()]);
+        assert_eq!(r.header_values("host").len(), 1);
+        assert_eq!(&r.body[..], b"Body=hi");
+    }
+    // Five app connections, served one after another by (at most) one connection per serving
+    // thread.
+    assert!(
+        h.stand_in.connections() <= 3,
+        "{}",
+        h.stand_in.connections()
+    );
+}
