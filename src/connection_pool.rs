@@ -335,7 +335,12 @@ fn entry_for<'h>(
     hosts: &'h mut Vec<HostConnections>,
     authority: &Authority,
 ) -> Result<&'h mut HostConnections, UpstreamFailure> {
-    let at = match hosts.iter().position(|h| h.authority == *authority) {
+    // Byte equality, not `Authority`'s case-insensitive `==`: every authority here comes from
+    // the lower-cased host table or the token URL, and this runs twice a request.
+    let at = match hosts
+        .iter()
+        .position(|h| h.authority.as_str() == authority.as_str())
+    {
         Some(at) => at,
         None => {
             let host_header =
