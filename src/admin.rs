@@ -85,6 +85,10 @@ impl Admin {
     /// Gauges that depend on "now": set just before a scrape.
     fn refresh_scrape_time_gauges(&self) {
         let state = self.state.load();
+        let reusable = state.upstream.reusable_connections();
+        self.metrics
+            .upstream_reusable
+            .set(i64::try_from(reusable).unwrap_or(i64::MAX));
         for account in &state.accounts {
             if let Credential::OAuth(cache) = &account.credential {
                 let gauge = self

@@ -274,9 +274,21 @@ impl ConnectionPool {
         self.sweep_later();
     }
 
-    /// Idle connections currently kept, over all hosts.
+    /// Idle HTTP/1.1 connections currently kept, over all hosts.
     pub fn idle_count(&self) -> usize {
         self.lock().iter().map(|h| h.idle.len()).sum()
+    }
+
+    /// Connections the next request could use without a handshake: the idle HTTP/1.1 ones
+    /// plus each host's open HTTP/2 connection.
+    pub fn reusable_count(&self) -> usize {
+        self.lock()
+            .iter()
+            .map(|h| {
+                let h2 = h.shared_h2.as_ref().is_some_and(|s| !s.is_closed());
+                h.idle.len() + usize::from(h2)
+            })
+            .sum()
     }
 
     /// Closes idle connections past `idle_timeout` (or already closed); returns how many are

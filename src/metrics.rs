@@ -36,6 +36,7 @@ pub struct Metrics {
     pub rule_hits: IntCounterVec,
     /// Requests being handled now.
     pub in_flight: IntGauge,
+    pub upstream_reusable: IntGauge,
     /// Upstream failures by host and kind (connect, tls, timeout, protocol).
     pub upstream_errors: IntCounterVec,
     /// Per-account credential generation, bumped when a reload changes the credential.
@@ -103,6 +104,11 @@ impl Metrics {
             &["effect", "rule"],
         )?;
         let in_flight = IntGauge::new("in_flight_requests", "Requests being handled now.")?;
+        let upstream_reusable = IntGauge::new(
+            "upstream_reusable_connections",
+            "Connections to Twilio ready for reuse without a handshake (idle HTTP/1.1 plus open \
+             HTTP/2), set at scrape time.",
+        )?;
         let upstream_errors = IntCounterVec::new(
             Opts::new(
                 "upstream_errors_total",
@@ -186,6 +192,7 @@ impl Metrics {
         registry.register(Box::new(upstream_duration.clone()))?;
         registry.register(Box::new(rule_hits.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(upstream_reusable.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(credential_generation.clone()))?;
         registry.register(Box::new(state_generation.clone()))?;
@@ -214,6 +221,7 @@ impl Metrics {
             upstream_duration,
             rule_hits,
             in_flight,
+            upstream_reusable,
             upstream_errors,
             credential_generation,
             state_generation,

@@ -211,9 +211,15 @@ impl Upstream {
         }
     }
 
-    /// Idle upstream connections kept, over all serving threads.
+    /// Idle HTTP/1.1 upstream connections kept, over all serving threads.
     pub fn idle_connections(&self) -> usize {
         self.pools.iter().map(|p| p.idle_count()).sum()
+    }
+
+    /// Upstream connections ready for a request without a new handshake (idle HTTP/1.1 plus
+    /// open HTTP/2), over all serving threads.
+    pub fn reusable_connections(&self) -> usize {
+        self.pools.iter().map(|p| p.reusable_count()).sum()
     }
 }
 

@@ -453,6 +453,14 @@ async fn metrics_count_requests_with_bounded_labels() {
     }
     // No raw path ever becomes a label.
     assert!(!m.contains("/v2/Nope") && !m.contains("/a/../b"));
+    // The connections the two forwarded requests used are kept for the next ones (one per
+    // serving thread the two app connections landed on).
+    let reusable: u32 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("twilio_sidecar_upstream_reusable_connections "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no reusable-connections gauge\n{m}"));
+    assert!((1..=2).contains(&reusable), "{reusable}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -95,6 +95,7 @@ async fn http1_connection_is_reused_with_origin_form_and_the_twilio_host() {
         "sequential requests share one connection"
     );
     assert_eq!(up.idle_connections(), 1);
+    assert_eq!(up.reusable_connections(), 1);
 
     // Another host gets its own connection, with its own Host header.
     let response = up
@@ -219,6 +220,11 @@ async fn http2_requests_share_one_connection() {
         .iter()
         .all(|r| r.version == Version::HTTP_2 && r.host.as_deref() == Some(HOST)));
     assert_eq!(up.idle_connections(), 0, "h2 is shared, never leased");
+    assert_eq!(
+        up.reusable_connections(),
+        1,
+        "but it is ready for the next request"
+    );
 }
 
 #[tokio::test]
