@@ -8,6 +8,8 @@
 #   bash benches/load.sh              # the full run (a few minutes)
 #   bash benches/load.sh --smoke      # a few seconds: checks every target works (run in CI)
 #   bash benches/load.sh --label X    # extra arguments go to benches/load.py
+#
+# To compare two builds of twilio-sidecar alone: python3 benches/ab.py OLD NEW
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,9 +34,12 @@ if [ "${1:-}" = "--smoke" ]; then
   out=$(mktemp -d)
   python3 benches/load.py --binary target/debug/twilio-sidecar --smoke --out "$out" "$@"
   python3 benches/instructions.py --binary target/debug/twilio-sidecar --seconds 1 --out "$out/instructions.json"
+  python3 benches/ab.py target/debug/twilio-sidecar target/debug/twilio-sidecar --rounds 1 --seconds 1 \
+    --concurrency 4 --label "smoke" --out "$out/ab.json"
   python3 benches/report.py --results "$out/results.json" --before /nonexistent \
-    --instructions "$out/instructions.json" --out "$out"
+    --instructions "$out/instructions.json" --ab "$out/ab.json" --out "$out"
   grep -q "twilio-sidecar" "$out/RESULTS.md"
+  grep -q "The last change, A/B" "$out/RESULTS.md"
   echo "load.sh: smoke run OK (results in $out, RESULTS.md not touched)"
   exit 0
 fi
