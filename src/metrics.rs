@@ -36,6 +36,7 @@ pub struct Metrics {
     pub rule_hits: IntCounterVec,
     /// Requests being handled now.
     pub in_flight: IntGauge,
+    /// Upstream connections ready for reuse (idle HTTP/1.1 plus open HTTP/2), set at scrape.
     pub upstream_reusable: IntGauge,
     /// Upstream failures by host and kind (connect, tls, timeout, protocol).
     pub upstream_errors: IntCounterVec,
