@@ -73,6 +73,16 @@ enum Lease {
     Http2(http2::SendRequest<RequestBody>),
 }
 
+impl Lease {
+    /// Waits until the connection can take a request; false if it closed instead.
+    async fn ready(&mut self) -> bool {
+        match self {
+            Lease::Http1 { sender, .. } => sender.ready().await.is_ok(),
+            Lease::Http2(sender) => sender.ready().await.is_ok(),
+        }
+    }
+}
+
 impl ConnectionPool {
     pub fn new(connector: Connector, idle_timeout: Duration, max_idle_per_host: usize) -> Self {
         ConnectionPool {
@@ -111,13 +121,14 @@ impl ConnectionPool {
                     reused,
                 } => {
                     // HTTP/1.1 wants origin form and a Host header; the URI carried the host.
+                    // The absolute URI is kept in case the request must go out again.
                     req.headers_mut().insert(header::HOST, host_header);
                     let origin = req
                         .uri()
                         .path_and_query()
                         .cloned()
                         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-                    *req.uri_mut() = Uri::from(origin);
+                    let absolute_uri = std::mem::replace(req.uri_mut(), Uri::from(origin));
                     match sender.try_send_request(req).await {
                         Ok(response) => {
                             let pool = PooledSender {
@@ -133,12 +144,7 @@ impl ConnectionPool {
                             match e.take_message() {
                                 Some(unsent) if reused => {
                                     req = unsent;
-                                    let path = req
-                                        .uri()
-                                        .path_and_query()
-                                        .cloned()
-                                        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-                                    *req.uri_mut() = absolute(&authority, path)?;
+                                    *req.uri_mut() = absolute_uri;
                                     lease = Box::pin(self.connect(&authority)).await?;
                                 }
                                 _ => return Err(classify_exchange(e.error())),
@@ -186,25 +192,12 @@ impl ConnectionPool {
                 // Boxed: opening a connection (TLS handshake, h2 set-up) is a large future, and
                 // inline it would make every request's future that large, to be moved each time.
                 None => return Box::pin(self.connect(authority)).await,
-                Some(Lease::Http2(mut sender)) => {
-                    if sender.ready().await.is_ok() {
-                        return Ok(Lease::Http2(sender));
-                    }
-                    // Closed under us: the next pass drops it and connects.
-                }
-                Some(Lease::Http1 {
-                    mut sender,
-                    host_header,
-                    reused,
-                }) => {
-                    // Returned as soon as its response body ended; hyper may still be
-                    // finishing that exchange, or Twilio may have closed it meanwhile.
-                    if sender.ready().await.is_ok() {
-                        return Ok(Lease::Http1 {
-                            sender,
-                            host_header,
-                            reused,
-                        });
+                // An idle HTTP/1.1 connection was returned as soon as its response body ended
+                // (hyper may still be finishing that exchange), and Twilio may have closed
+                // either kind meanwhile: the next pass drops a closed one and tries again.
+                Some(mut lease) => {
+                    if lease.ready().await {
+                        return Ok(lease);
                     }
                 }
             }
