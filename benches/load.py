@@ -6,7 +6,9 @@ proxy does the same job: plain HTTP in; a method + path allow-list equivalent to
 policy (anything else gets 403); the app's Authorization/Cookie removed and an API-key
 Authorization header set; TLS out with certificate verification and SNI for api.twilio.com;
 a keep-alive pool to the upstream. The upstream is an nginx TLS server answering a fixed
-Twilio-like JSON body (HTTP/1.1 only, so every proxy speaks the same protocol to it). Each proxy
+Twilio-like JSON body (HTTP/1.1 only, so every proxy speaks the same protocol to it; with
+`--upstream-http2` it offers h2 too, and HAProxy and the sidecar multiplex requests over h2
+connections while nginx, whose proxy module has no HTTP/2 upstreams, stays on HTTP/1.1). Each proxy
 gets the same number of workers (nginx worker_processes, HAProxy nbthread, twilio-sidecar
 listen.workers serving threads). Access logs are off everywhere.
 
@@ -16,6 +18,7 @@ Reported: req/s, p50/p99/p99.9 latency, proxy CPU seconds per 10k requests, prox
 and ratios against nginx and against direct.
 
     python3 benches/load.py --binary target/release/twilio-sidecar            # full run
+    python3 benches/load.py --binary target/release/twilio-sidecar --upstream-http2   # h2 upstream
     python3 benches/load.py --binary target/debug/twilio-sidecar --smoke      # a few seconds
 """
 import argparse
@@ -140,8 +143,11 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
-def start_upstream(d, workers) -> Proc:
+def start_upstream(d, workers, http2=False) -> Proc:
+    """With `http2`, the upstream offers h2 by ALPN besides http/1.1, as an edge speaking HTTP/2
+    would; each proxy then uses what it can (nginx's proxy module only HTTP/1.1)."""
     port = free_port()
+    alpn = " http2" if http2 else ""
     conf = d / "upstream.conf"
     conf.write_text(f"""
 daemon off; master_process on; worker_processes {workers}; pid {d}/upstream.pid;
@@ -151,7 +157,7 @@ http {{
   access_log off;
   keepalive_requests 1000000;
   server {{
-    listen 127.0.0.1:{port} ssl;
+    listen 127.0.0.1:{port} ssl{alpn};
     ssl_certificate {d}/server.pem; ssl_certificate_key {d}/server.key;
     ssl_session_cache shared:SSL:1m;
     location / {{ default_type application/json; return 200 '{BODY}'; }}
@@ -203,8 +209,9 @@ http {{
     return Proc("nginx", p, port)
 
 
-def start_haproxy(d, workers, upstream, auth, wrap=()) -> Proc:
+def start_haproxy(d, workers, upstream, auth, wrap=(), http2=False) -> Proc:
     port = free_port()
+    alpn = "h2,http/1.1" if http2 else "http/1.1"
     conf = d / "haproxy.cfg"
     conf.write_text(f"""
 global
@@ -229,7 +236,7 @@ frontend app
   http-request set-header Host api.twilio.com
   default_backend twilio
 backend twilio
-  server api 127.0.0.1:{upstream} ssl verify required ca-file {d}/ca.pem sni str(api.twilio.com) verifyhost api.twilio.com alpn http/1.1 pool-max-conn 256
+  server api 127.0.0.1:{upstream} ssl verify required ca-file {d}/ca.pem sni str(api.twilio.com) verifyhost api.twilio.com alpn {alpn} pool-max-conn 256
 """)
     p = subprocess.Popen([*wrap, "haproxy", "-f", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port, 120 if wrap else 20)
@@ -347,6 +354,9 @@ def main():
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--out", default=str(ROOT / "benches"), help="where results.json, RESULTS.md and load.svg go")
     ap.add_argument("--label", default="", help="a name for this run in the results (e.g. 'before')")
+    ap.add_argument("--upstream-http2", action="store_true",
+                    help="the upstream offers h2 as well as http/1.1 (HAProxy and the sidecar take it, "
+                         "nginx cannot); results go to results-h2.json")
     args = ap.parse_args()
     if args.smoke:
         args.rounds, args.seconds, args.concurrency = 1, 2, "1,16"
@@ -362,11 +372,11 @@ def main():
         return proc
 
     try:
-        upstream = start(start_upstream(d, args.workers))
+        upstream = start(start_upstream(d, args.workers, args.upstream_http2))
         targets = {
             "direct": None,
             "nginx": start(start_nginx(d, args.workers, upstream.port, auth)),
-            "haproxy": start(start_haproxy(d, args.workers, upstream.port, auth)),
+            "haproxy": start(start_haproxy(d, args.workers, upstream.port, auth, http2=args.upstream_http2)),
             "twilio-sidecar": start(start_sidecar(d, args.workers, upstream.port, args.binary)),
         }
         samples, idle_rss, peak_rss, names = measure(targets, upstream, concurrencies, args, d)
@@ -386,7 +396,8 @@ def main():
         "versions": {"nginx": version(["nginx", "-v"]), "haproxy": version(["haproxy", "-v"]),
                      "wrk": version(["wrk", "--version"]), "twilio-sidecar": version([args.binary, "--version"])},
         "settings": {"rounds": args.rounds, "seconds": args.seconds, "workers": args.workers,
-                     "concurrency": concurrencies, "binary": args.binary},
+                     "concurrency": concurrencies, "binary": args.binary,
+                     "upstream_alpn": "h2,http/1.1" if args.upstream_http2 else "http/1.1"},
         "idle_rss_kib": idle_rss,
         "peak_rss_kib": peak_rss,
         "rows": [],
@@ -407,7 +418,8 @@ def main():
             })
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    name = "results-h2.json" if args.upstream_http2 else "results.json"
+    (out / name).write_text(json.dumps(results, indent=1) + "\n")
     shutil.rmtree(d, ignore_errors=True)
     print(json.dumps(results["rows"]))
 
