@@ -15,7 +15,7 @@
 //! `pool_max_idle_per_host` are kept.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderValue, Request, Response, Uri};
+use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
@@ -44,7 +45,12 @@ pub struct ConnectionPool {
     hosts: Mutex<Vec<HostConnections>>,
     /// True while a sweeper task is closing idle connections past `idle_timeout`.
     sweeping: AtomicBool,
+    /// Numbers the shared HTTP/2 connections.
+    next_h2_id: AtomicU64,
 }
+
+/// How many times one request is sent again after Twilio refused its HTTP/2 stream.
+const MAX_REFUSALS: u32 = 2;
 
 /// The connections to one host (`api.twilio.com`, `verify.twilio.com`, the token host, …).
 /// There are at most as many entries as allowed hosts, so a linear scan beats hashing.
@@ -54,8 +60,8 @@ struct HostConnections {
     host_header: HeaderValue,
     /// HTTP/1.1 connections waiting for a request, most recently returned last.
     idle: Vec<IdleConnection>,
-    /// The HTTP/2 connection requests to this host share, once ALPN chose h2.
-    shared_h2: Option<http2::SendRequest<RequestBody>>,
+    /// The HTTP/2 connection requests to this host share, once ALPN chose h2, and its id.
+    shared_h2: Option<(u64, http2::SendRequest<RequestBody>)>,
 }
 
 struct IdleConnection {
@@ -70,7 +76,11 @@ enum Lease {
         host_header: HeaderValue,
         reused: bool,
     },
-    Http2(http2::SendRequest<RequestBody>),
+    Http2 {
+        sender: http2::SendRequest<RequestBody>,
+        /// Which shared connection this is, so a refusal retires that one and not its successor.
+        id: u64,
+    },
 }
 
 impl Lease {
@@ -78,7 +88,7 @@ impl Lease {
     async fn ready(&mut self) -> bool {
         match self {
             Lease::Http1 { sender, .. } => sender.ready().await.is_ok(),
-            Lease::Http2(sender) => sender.ready().await.is_ok(),
+            Lease::Http2 { sender, .. } => sender.ready().await.is_ok(),
         }
     }
 }
@@ -91,6 +101,7 @@ impl ConnectionPool {
             max_idle_per_host,
             hosts: Mutex::new(Vec::new()),
             sweeping: AtomicBool::new(false),
+            next_h2_id: AtomicU64::new(0),
         }
     }
 
@@ -106,14 +117,32 @@ impl ConnectionPool {
             .cloned()
             .ok_or(UpstreamFailure::Protocol)?;
         let mut lease = self.checkout(&authority).await?;
+        let mut refusals = 0;
         loop {
             match lease {
-                Lease::Http2(mut sender) => {
-                    let response = sender
-                        .send_request(req)
-                        .await
-                        .map_err(|e| classify_exchange(&e))?;
-                    return Ok(response.map(UpstreamBody::unpooled));
+                Lease::Http2 { mut sender, id } => {
+                    // Twilio may refuse a stream it never processed — REFUSED_STREAM, or a
+                    // GOAWAY when it retires the connection — and then it is safe to send again
+                    // (RFC 9113 §8.7), if the request can be rebuilt: no body, or one buffered.
+                    let copy = (refusals < MAX_REFUSALS)
+                        .then(|| replayable(&req))
+                        .flatten();
+                    match sender.try_send_request(req).await {
+                        Ok(response) => return Ok(response.map(UpstreamBody::unpooled)),
+                        Err(mut e) => {
+                            let refused = is_refused_stream(e.error());
+                            match e.take_message().or(if refused { copy } else { None }) {
+                                Some(again) if refusals < MAX_REFUSALS => {
+                                    refusals += 1;
+                                    tracing::debug!(error = %e.error(), "upstream HTTP/2 stream refused; sending it again");
+                                    self.forget_shared_h2(&authority, id);
+                                    req = again;
+                                    lease = self.checkout(&authority).await?;
+                                }
+                                _ => return Err(classify_exchange(e.error())),
+                            }
+                        }
+                    }
                 }
                 Lease::Http1 {
                     mut sender,
@@ -163,12 +192,15 @@ impl ConnectionPool {
             let candidate = {
                 let mut hosts = self.lock();
                 let entry = entry_for(&mut hosts, authority)?;
-                if let Some(shared) = &entry.shared_h2 {
+                if let Some((id, shared)) = &entry.shared_h2 {
                     if shared.is_closed() {
                         entry.shared_h2 = None;
                         None
                     } else {
-                        Some(Lease::Http2(shared.clone()))
+                        Some(Lease::Http2 {
+                            sender: shared.clone(),
+                            id: *id,
+                        })
                     }
                 } else {
                     let now = Instant::now();
@@ -225,9 +257,10 @@ impl ConnectionPool {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
                 }
             });
+            let id = self.next_h2_id.fetch_add(1, Ordering::Relaxed);
             let mut hosts = self.lock();
-            entry_for(&mut hosts, authority)?.shared_h2 = Some(sender.clone());
-            Ok(Lease::Http2(sender))
+            entry_for(&mut hosts, authority)?.shared_h2 = Some((id, sender.clone()));
+            Ok(Lease::Http2 { sender, id })
         } else {
             let (sender, connection) = http1::handshake(io)
                 .await
@@ -243,6 +276,21 @@ impl ConnectionPool {
                 host_header,
                 reused: false,
             })
+        }
+    }
+
+    /// Stops handing out shared HTTP/2 connection `id` (Twilio is retiring it); the requests
+    /// already on it finish there.
+    fn forget_shared_h2(&self, authority: &Authority, id: u64) {
+        let mut hosts = self.lock();
+        if let Ok(entry) = entry_for(&mut hosts, authority) {
+            if entry
+                .shared_h2
+                .as_ref()
+                .is_some_and(|(shared, _)| *shared == id)
+            {
+                entry.shared_h2 = None;
+            }
         }
     }
 
@@ -278,7 +326,7 @@ impl ConnectionPool {
         self.lock()
             .iter()
             .map(|h| {
-                let h2 = h.shared_h2.as_ref().is_some_and(|s| !s.is_closed());
+                let h2 = h.shared_h2.as_ref().is_some_and(|(_, s)| !s.is_closed());
                 h.idle.len() + usize::from(h2)
             })
             .sum()
@@ -293,7 +341,7 @@ impl ConnectionPool {
             entry.idle.retain(|idle| {
                 !idle.sender.is_closed() && now.duration_since(idle.since) < self.idle_timeout
             });
-            if entry.shared_h2.as_ref().is_some_and(|s| s.is_closed()) {
+            if entry.shared_h2.as_ref().is_some_and(|(_, s)| s.is_closed()) {
                 entry.shared_h2 = None;
             }
         }
@@ -368,6 +416,41 @@ fn absolute(authority: &Authority, path: PathAndQuery) -> Result<Uri, UpstreamFa
     parts.authority = Some(authority.clone());
     parts.path_and_query = Some(path);
     Uri::from_parts(parts).map_err(|_| UpstreamFailure::Protocol)
+}
+
+/// A copy of `req` to send again, when its body is empty or already in memory; `None` for a
+/// body still streaming from the app (the proxy buffers small ones, so those are rare).
+fn replayable(req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
+    let body = match req.body() {
+        Either::Right(buffered) => Either::Right(buffered.clone()),
+        Either::Left(streamed) if streamed.is_end_stream() => Either::Right(Full::default()),
+        Either::Left(_) => return None,
+    };
+    let mut copy = Request::new(body);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
+}
+
+/// True when Twilio refused the stream without processing it: a RST_STREAM with
+/// REFUSED_STREAM, or a graceful (NO_ERROR) GOAWAY that the stream came after. h2 ends exactly
+/// those streams with the remote NO_ERROR GOAWAY — the ones it covers finish normally or end
+/// with an I/O error — while a GOAWAY carrying an error ends every open stream, processed or
+/// not, and so is never taken for a refusal.
+fn is_refused_stream(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away()
+                    && h2.is_remote()
+                    && h2.reason() == Some(h2::Reason::NO_ERROR));
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// A failure to open a connection: certificate or handshake trouble is `tls`, the rest

@@ -333,14 +333,14 @@ impl Proxy {
 
         // The body never exceeds limits.max_request_body on its way to Twilio. One of unknown
         // length (chunked) is read first, bounded, so an oversized one never reaches Twilio; a
-        // small bearer-request body is buffered too, so the request can be replayed after a
-        // 401. Everything else streams.
+        // small one is buffered too, so the request can be sent again — after a 401 with a
+        // bearer token, or when Twilio's HTTP/2 edge refuses the stream unprocessed. Larger
+        // bodies stream.
         let max = state.config.limits.max_request_body;
         let replay_limit = state.config.oauth.replay_body_limit;
         let known = body.size_hint().upper();
         let limited = Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX));
-        let buffer = known.is_none()
-            || (attached.bearer.is_some() && known.is_some_and(|n| n <= replay_limit));
+        let buffer = known.is_none_or(|n| n > 0 && n <= replay_limit);
         let (body, replay) = if buffer {
             let bytes = limited
                 .collect()

@@ -294,3 +294,212 @@ async fn the_sidecar_speaks_http1_to_an_http1_only_twilio() {
         h.stand_in.connections()
     );
 }
+
+/// How the HTTP/2 upstream below turns away the requests on its first connections.
+#[derive(Clone, Copy)]
+enum Refusal {
+    /// RST_STREAM REFUSED_STREAM on every stream: never processed.
+    RefusedStream,
+    /// A GOAWAY (NO_ERROR) before reading any stream: retiring the connection.
+    GracefulGoaway,
+    /// Reads the first stream, then GOAWAY with INTERNAL_ERROR: the request may have been
+    /// processed.
+    GoawayAfterReading,
+}
+
+/// A TLS HTTP/2-only upstream (the `h2` crate's server) that turns away every request on its
+/// first `refusing` connections as `how` says, and answers later ones 200, recording bodies.
+struct H2Upstream {
+    addr: std::net::SocketAddr,
+    connections: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<Bytes>>>,
+    read_but_unanswered: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+async fn h2_upstream(pki: &ThrowawayPki, how: Refusal, refusing: u64) -> H2Upstream {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            pki.server_chain.clone(),
+            rustls_pki_types::PrivateKeyDer::Pkcs8(pki.server_key_der()),
+        )
+        .unwrap();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = H2Upstream {
+        addr: listener.local_addr().unwrap(),
+        connections: Arc::new(AtomicU64::new(0)),
+        bodies: Arc::new(Mutex::new(Vec::new())),
+        read_but_unanswered: Arc::new(AtomicU64::new(0)),
+    };
+    let (connections, bodies, unanswered) = (
+        up.connections.clone(),
+        up.bodies.clone(),
+        up.read_but_unanswered.clone(),
+    );
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let n = connections.fetch_add(1, Ordering::SeqCst) + 1;
+            let (acceptor, bodies, unanswered) =
+                (acceptor.clone(), bodies.clone(), unanswered.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut conn) = h2::server::handshake(tls).await else {
+                    return;
+                };
+                let refusing = n <= refusing;
+                if refusing && matches!(how, Refusal::GracefulGoaway) {
+                    conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+                    while conn.accept().await.is_some() {}
+                    return;
+                }
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    if refusing {
+                        match how {
+                            Refusal::RefusedStream => {
+                                respond.send_reset(h2::Reason::REFUSED_STREAM);
+                                continue;
+                            }
+                            _ => {
+                                unanswered.fetch_add(1, Ordering::SeqCst);
+                                conn.abrupt_shutdown(h2::Reason::INTERNAL_ERROR);
+                                while conn.accept().await.is_some() {}
+                                drop((req, respond));
+                                return;
+                            }
+                        }
+                    }
+                    let bodies = bodies.clone();
+                    tokio::spawn(async move {
+                        let mut body = req.into_body();
+                        let mut got = Vec::new();
+                        while let Some(Ok(chunk)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                            got.extend_from_slice(&chunk);
+                        }
+                        bodies.lock().unwrap().push(Bytes::from(got));
+                        let head = http::Response::builder().status(200).body(()).unwrap();
+                        let mut send = respond.send_response(head, false).unwrap();
+                        let _ = send.send_data(Bytes::from_static(b"{}"), true);
+                    });
+                }
+            });
+        }
+    });
+    up
+}
+
+fn upstream_at(addr: std::net::SocketAddr, pki: &ThrowawayPki) -> Upstream {
+    let s = UpstreamConfig {
+        default_host: HOST.into(),
+        allowed_hosts: vec![HOST.into()],
+        connect_to: Some(addr),
+        ca_file: None,
+        connect_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(10),
+        pool_idle_timeout: Duration::from_secs(60),
+        pool_max_idle_per_host: 8,
+    };
+    Upstream::new(&s, 1, std::slice::from_ref(&pki.ca_der)).expect("upstream")
+}
+
+fn post(path: &str, body: &'static str) -> Request<RequestBody> {
+    Request::post(format!("https://{HOST}{path}"))
+        .header(
+            http::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .body(Either::Right(Full::new(Bytes::from_static(
+            body.as_bytes(),
+        ))))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_refused_http2_stream_is_sent_again_with_its_body_on_a_new_connection() {
+    let pki = ThrowawayPki::new(&[HOST]).unwrap();
+    let twilio = h2_upstream(&pki, Refusal::RefusedStream, 1).await;
+    let up = upstream_at(twilio.addr, &pki);
+    let response = up
+        .send(post(
+            "/2010-04-01/Accounts/AC1/Messages.json",
+            "To=%2B1555&Body=hi",
+        ))
+        .await
+        .expect("the refused stream is sent again, not failed");
+    assert_eq!(response.status(), StatusCode::OK);
+    response.into_body().collect().await.unwrap();
+    assert_eq!(
+        twilio.connections.load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
+    assert_eq!(
+        *twilio.bodies.lock().unwrap(),
+        vec![Bytes::from_static(b"To=%2B1555&Body=hi")],
+        "processed exactly once, with the same body"
+    );
+}
+
+#[tokio::test]
+async fn requests_after_a_graceful_goaway_go_out_on_a_new_connection() {
+    let pki = ThrowawayPki::new(&[HOST]).unwrap();
+    let twilio = h2_upstream(&pki, Refusal::GracefulGoaway, 1).await;
+    let up = upstream_at(twilio.addr, &pki);
+    for i in 0..3 {
+        let response = up.send(get(HOST, &format!("/v1/after-goaway/{i}"))).await;
+        let response = response.expect("not a 502 because Twilio retired a connection");
+        assert_eq!(response.status(), StatusCode::OK);
+        response.into_body().collect().await.unwrap();
+    }
+    assert_eq!(
+        twilio.connections.load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
+    assert_eq!(twilio.bodies.lock().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn a_request_twilio_may_have_processed_is_not_sent_twice() {
+    let pki = ThrowawayPki::new(&[HOST]).unwrap();
+    let twilio = h2_upstream(&pki, Refusal::GoawayAfterReading, 1).await;
+    let up = upstream_at(twilio.addr, &pki);
+    let failure = up
+        .send(post("/2010-04-01/Accounts/AC1/Messages.json", "Body=once"))
+        .await
+        .expect_err("a GOAWAY with an error after reading the stream is not a refusal");
+    assert_eq!(failure, UpstreamFailure::Protocol);
+    assert_eq!(
+        twilio
+            .read_but_unanswered
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    assert_eq!(
+        twilio.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "no second attempt"
+    );
+    assert!(twilio.bodies.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn refusals_are_retried_a_bounded_number_of_times() {
+    let pki = ThrowawayPki::new(&[HOST]).unwrap();
+    let twilio = h2_upstream(&pki, Refusal::RefusedStream, u64::MAX).await;
+    let up = upstream_at(twilio.addr, &pki);
+    let failure = up.send(get(HOST, "/v1/always-refused")).await.unwrap_err();
+    assert_eq!(failure, UpstreamFailure::Protocol);
+    assert_eq!(
+        twilio.connections.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "the first attempt and two more, each on a new connection"
+    );
+}
