@@ -340,7 +340,12 @@ impl Proxy {
         let replay_limit = state.config.oauth.replay_body_limit;
         let known = body.size_hint().upper();
         let limited = Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX));
-        let buffer = known.is_none_or(|n| n > 0 && n <= replay_limit);
+        let buffer = match known {
+            None => true,
+            // Nothing to hold, except that a bearer request's 401 replay is built from it.
+            Some(0) => attached.bearer.is_some(),
+            Some(n) => n <= replay_limit,
+        };
         let (body, replay) = if buffer {
             let bytes = limited
                 .collect()

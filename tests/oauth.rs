@@ -341,10 +341,16 @@ async fn a_401_triggers_exactly_one_refetch_and_one_replay() {
     assert_eq!(twilio.calls(), 3);
     assert_eq!(twilio.seen.lock().unwrap().last().unwrap(), "tok3");
 
+    // A request without a body is replayed as well.
+    twilio.revoked.lock().unwrap().push("tok3".into());
+    let resp = h.send("GET", &messages(), &[], b"").await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(twilio.calls(), 4);
+
     let m = h.metrics().await;
     assert!(
         m.contains(&format!(
-            r#"twilio_sidecar_oauth_replays_total{{account="{SID}",result="replayed"}} 1"#
+            r#"twilio_sidecar_oauth_replays_total{{account="{SID}",result="replayed"}} 2"#
         )),
         "{m}"
     );
