@@ -89,6 +89,14 @@ impl Admin {
         self.metrics
             .upstream_reusable
             .set(i64::try_from(reusable).unwrap_or(i64::MAX));
+        // The pools count resends themselves; the counter catches up to them here.
+        let resent = crate::connection_pool::streams_resent();
+        let counted = self.metrics.upstream_streams_resent.get();
+        if resent > counted {
+            self.metrics
+                .upstream_streams_resent
+                .inc_by(resent - counted);
+        }
         for account in &state.accounts {
             if let Credential::OAuth(cache) = &account.credential {
                 let gauge = self

@@ -52,6 +52,16 @@ pub struct ConnectionPool {
 /// How many times one request is sent again after Twilio refused its HTTP/2 stream.
 const MAX_REFUSALS: u32 = 2;
 
+/// HTTP/2 requests sent again because Twilio turned their stream away unprocessed, over the
+/// process's life (pools come and go with reloads; this count must not).
+static STREAMS_RESENT: AtomicU64 = AtomicU64::new(0);
+
+/// HTTP/2 requests sent again on a new connection so far (REFUSED_STREAM, a graceful GOAWAY,
+/// or a connection that ended before the request was handed to it).
+pub fn streams_resent() -> u64 {
+    STREAMS_RESENT.load(Ordering::Relaxed)
+}
+
 /// The connections to one host (`api.twilio.com`, `verify.twilio.com`, the token host, …).
 /// There are at most as many entries as allowed hosts, so a linear scan beats hashing.
 struct HostConnections {
@@ -134,6 +144,7 @@ impl ConnectionPool {
                             match e.take_message().or(if refused { copy } else { None }) {
                                 Some(again) if refusals < MAX_REFUSALS => {
                                     refusals += 1;
+                                    STREAMS_RESENT.fetch_add(1, Ordering::Relaxed);
                                     tracing::debug!(error = %e.error(), "upstream HTTP/2 stream refused; sending it again");
                                     self.forget_shared_h2(&authority, id);
                                     req = again;

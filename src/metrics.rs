@@ -38,6 +38,8 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// Upstream connections ready for reuse (idle HTTP/1.1 plus open HTTP/2), set at scrape.
     pub upstream_reusable: IntGauge,
+    /// HTTP/2 requests sent again after Twilio refused the stream unprocessed.
+    pub upstream_streams_resent: IntCounter,
     /// Upstream failures by host and kind (connect, tls, timeout, protocol).
     pub upstream_errors: IntCounterVec,
     /// Per-account credential generation, bumped when a reload changes the credential.
@@ -109,6 +111,11 @@ impl Metrics {
             "upstream_reusable_connections",
             "Connections to Twilio ready for reuse without a handshake (idle HTTP/1.1 plus open \
              HTTP/2), set at scrape time.",
+        )?;
+        let upstream_streams_resent = IntCounter::new(
+            "upstream_streams_resent_total",
+            "HTTP/2 requests sent again on a new connection because Twilio refused the stream \
+             unprocessed (REFUSED_STREAM, or after a graceful GOAWAY retiring the connection).",
         )?;
         let upstream_errors = IntCounterVec::new(
             Opts::new(
@@ -194,6 +201,7 @@ impl Metrics {
         registry.register(Box::new(rule_hits.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(upstream_reusable.clone()))?;
+        registry.register(Box::new(upstream_streams_resent.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(credential_generation.clone()))?;
         registry.register(Box::new(state_generation.clone()))?;
@@ -223,6 +231,7 @@ impl Metrics {
             rule_hits,
             in_flight,
             upstream_reusable,
+            upstream_streams_resent,
             upstream_errors,
             credential_generation,
             state_generation,

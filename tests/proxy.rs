@@ -461,6 +461,11 @@ async fn metrics_count_requests_with_bounded_labels() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no reusable-connections gauge\n{m}"));
     assert!((1..=2).contains(&reusable), "{reusable}");
+    // The stand-in refused no stream, so nothing was sent twice.
+    assert!(
+        m.contains("twilio_sidecar_upstream_streams_resent_total 0"),
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -428,6 +428,7 @@ async fn a_refused_http2_stream_is_sent_again_with_its_body_on_a_new_connection(
     let pki = ThrowawayPki::new(&[HOST]).unwrap();
     let twilio = h2_upstream(&pki, Refusal::RefusedStream, 1).await;
     let up = upstream_at(twilio.addr, &pki);
+    let resent_before = twilio_sidecar::connection_pool::streams_resent();
     let response = up
         .send(post(
             "/2010-04-01/Accounts/AC1/Messages.json",
@@ -446,6 +447,8 @@ async fn a_refused_http2_stream_is_sent_again_with_its_body_on_a_new_connection(
         vec![Bytes::from_static(b"To=%2B1555&Body=hi")],
         "processed exactly once, with the same body"
     );
+    // Other tests in this binary may resend too; the count only grows.
+    assert!(twilio_sidecar::connection_pool::streams_resent() > resent_before);
 }
 
 #[tokio::test]
