@@ -89,13 +89,20 @@ impl Admin {
         self.metrics
             .upstream_reusable
             .set(i64::try_from(reusable).unwrap_or(i64::MAX));
-        // The pools count resends themselves; the counter catches up to them here.
-        let resent = crate::connection_pool::streams_resent();
-        let counted = self.metrics.upstream_streams_resent.get();
-        if resent > counted {
-            self.metrics
-                .upstream_streams_resent
-                .inc_by(resent - counted);
+        // The pools count resends themselves; the counter catches up to them here, one scrape
+        // at a time so two concurrent scrapes cannot both add the same difference.
+        static CATCHING_UP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        {
+            let _one_at_a_time = CATCHING_UP
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let resent = crate::connection_pool::streams_resent();
+            let counted = self.metrics.upstream_streams_resent.get();
+            if resent > counted {
+                self.metrics
+                    .upstream_streams_resent
+                    .inc_by(resent - counted);
+            }
         }
         for account in &state.accounts {
             if let Credential::OAuth(cache) = &account.credential {
