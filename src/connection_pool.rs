@@ -12,7 +12,9 @@
 //! thread) or HTTP/1.1 (a stack of idle connections, most recently used first, so the busiest
 //! few stay warm); a request that never left because its reused connection had just closed is
 //! sent again on a fresh one; idle connections are closed after `pool_idle_timeout` and at most
-//! `pool_max_idle_per_host` are kept.
+//! `pool_max_idle_per_host` are kept. What it adds: an HTTP/2 stream Twilio turned away without
+//! processing it (REFUSED_STREAM, or a graceful GOAWAY retiring the connection) is sent again
+//! on a new connection instead of failing — see [`is_refused_stream`] for which ones qualify.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
