@@ -14,7 +14,7 @@
 //! sent again on a fresh one; idle connections are closed after `pool_idle_timeout` and at most
 //! `pool_max_idle_per_host` are kept. What it adds: an HTTP/2 stream Twilio turned away without
 //! processing it (REFUSED_STREAM, or a graceful GOAWAY retiring the connection) is sent again
-//! on a new connection instead of failing — see [`is_refused_stream`] for which ones qualify.
+//! on a new connection instead of failing — `is_refused_stream` says which ones qualify.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
