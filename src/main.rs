@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use twilio_sidecar::app::{Sidecar, StartError};
 use twilio_sidecar::config::{Config, DEFAULT_ADMIN, DEFAULT_LISTEN, EXIT_CONFIG};
@@ -118,20 +118,28 @@ fn finish((text, code): (String, i32)) -> ExitCode {
 fn serve(start: impl std::future::Future<Output = Result<Sidecar, StartError>>) -> ExitCode {
     runtime_then(async move {
         let sidecar = start.await?;
-        let reloader = sidecar.reloader.clone();
+        // Every handler is registered before `serve` logs "listening": a supervisor may
+        // signal as soon as it reads that line, and an unregistered SIGHUP would kill the
+        // process with the default action instead of reloading it.
+        let shutdown = shutdown_signal();
         #[cfg(unix)]
-        tokio::spawn(async move {
+        {
             use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut hup) = signal(SignalKind::hangup()) else {
-                return;
-            };
-            while hup.recv().await.is_some() {
-                info!("SIGHUP: reloading config");
-                // Failures are logged and counted by the reloader.
-                let _ = reloader.reload("signal").await;
+            match signal(SignalKind::hangup()) {
+                Ok(mut hup) => {
+                    let reloader = sidecar.reloader.clone();
+                    tokio::spawn(async move {
+                        while hup.recv().await.is_some() {
+                            info!("SIGHUP: reloading config");
+                            // Failures are logged and counted by the reloader.
+                            let _ = reloader.reload("signal").await;
+                        }
+                    });
+                }
+                Err(e) => warn!(error = %e, "cannot handle SIGHUP; reload with POST /reload"),
             }
-        });
-        sidecar.serve(shutdown_signal()).await;
+        }
+        sidecar.serve(shutdown).await;
         Ok(())
     })
 }
@@ -162,25 +170,38 @@ fn runtime_then(fut: impl std::future::Future<Output = Result<(), StartError>>) 
     }
 }
 
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Completes on SIGTERM or SIGINT. The handlers are registered when this is called, not
+/// when the future is first polled, so a signal sent right after start-up is not lost to the
+/// default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => info!("SIGTERM received"),
-                    _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        if let Err(e) = term.as_ref().and(int.as_ref()) {
+            // The default action still stops the process, only without draining.
+            warn!(error = %e, "cannot handle SIGTERM/SIGINT; shutdown will not drain");
+        }
+        async move {
+            let received = |stream: std::io::Result<tokio::signal::unix::Signal>| async move {
+                match stream {
+                    Ok(mut stream) => {
+                        stream.recv().await;
+                    }
+                    Err(_) => std::future::pending().await,
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+            };
+            tokio::select! {
+                _ = received(term) => info!("SIGTERM received"),
+                _ = received(int) => info!("SIGINT received"),
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -277,6 +277,45 @@ fn dev_mode_prints_curl_commands_that_work() {
     }
 }
 
+/// A supervisor may signal as soon as it reads "listening": the handlers must be in place by
+/// then, or SIGHUP kills the process and SIGTERM skips the drain (the default actions).
+#[test]
+fn signals_sent_the_moment_the_listeners_are_announced_are_handled() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = good_config(dir.path());
+    for round in 0..10 {
+        let mut child = sidecar_command()
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut logs = String::new();
+        while !logs.contains("proxy listening") {
+            let mut line = String::new();
+            if stderr.read_line(&mut line).unwrap() == 0 {
+                panic!("round {round}: exited before listening: {logs}");
+            }
+            logs.push_str(&line);
+        }
+        // Straight from this process: spawning `kill` takes long enough to hide the race.
+        let pid = rustix::process::Pid::from_child(&child);
+        for signal in [rustix::process::Signal::HUP, rustix::process::Signal::TERM] {
+            rustix::process::kill_process(pid, signal).unwrap();
+        }
+        stderr.read_to_string(&mut logs).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "round {round}: not a graceful exit ({status}): {logs}"
+        );
+        assert!(logs.contains("SIGTERM received"), "round {round}: {logs}");
+    }
+}
+
 /// The example configs in the repository stay valid.
 #[test]
 fn shipped_example_configs_validate() {
