@@ -8,16 +8,23 @@
 //! uncontended lock (each serving thread has its own pool), and the connection goes back when
 //! its response body is dropped after its last byte — no task, no timer per request.
 //!
-//! What it keeps from the pooled client: ALPN picks HTTP/2 (one shared connection per host and
-//! thread) or HTTP/1.1 (a stack of idle connections, most recently used first, so the busiest
-//! few stay warm); a request that never left because its reused connection had just closed is
-//! sent again on a fresh one; idle connections are closed after `pool_idle_timeout` and at most
-//! `pool_max_idle_per_host` are kept. What it adds: an HTTP/2 stream Twilio turned away without
-//! processing it (REFUSED_STREAM, or a graceful GOAWAY retiring the connection) is sent again
-//! on a new connection instead of failing — `is_refused_stream` says which ones qualify.
+//! What it keeps from the pooled client: ALPN picks HTTP/2 (connections shared by the thread's
+//! requests to a host) or HTTP/1.1 (a stack of idle connections, most recently used first, so
+//! the busiest few stay warm); a request that never left because its reused connection had just
+//! closed is sent again on a fresh one; idle connections are closed after `pool_idle_timeout`
+//! and at most `pool_max_idle_per_host` are kept. What it adds:
+//! - an HTTP/2 stream Twilio turned away without processing it (REFUSED_STREAM, or a graceful
+//!   GOAWAY retiring the connection) is sent again on a new connection instead of failing —
+//!   `is_refused_stream` says which ones qualify;
+//! - each HTTP/2 connection carries at most `http2_max_streams` requests at once; the next one
+//!   opens another connection rather than queueing behind the server's stream limit (hyper
+//!   would hold it, unannounced, until a stream closes — a round trip to Twilio each);
+//! - while an HTTP/2 connection to a host is being opened, other requests that need one wait
+//!   for it instead of each paying a handshake of their own (a burst after a GOAWAY, or more
+//!   than one connection's worth of streams arriving at once).
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -44,6 +51,7 @@ pub struct ConnectionPool {
     connector: Connector,
     idle_timeout: Duration,
     max_idle_per_host: usize,
+    max_streams: usize,
     hosts: Mutex<Vec<HostConnections>>,
     /// True while a sweeper task is closing idle connections past `idle_timeout`.
     sweeping: AtomicBool,
@@ -72,8 +80,46 @@ struct HostConnections {
     host_header: HeaderValue,
     /// HTTP/1.1 connections waiting for a request, most recently returned last.
     idle: Vec<IdleConnection>,
-    /// The HTTP/2 connection requests to this host share, once ALPN chose h2, and its id.
-    shared_h2: Option<(u64, http2::SendRequest<RequestBody>)>,
+    /// The HTTP/2 connections requests to this host share, once ALPN chose h2; the first with
+    /// a free stream takes the next request, so load concentrates and the rest can go idle.
+    h2: Vec<SharedH2>,
+    /// The last connection opened to this host negotiated h2: a request finding every stream
+    /// busy waits for one handshake in progress rather than starting its own.
+    speaks_h2: bool,
+    /// An HTTP/2 connection being opened; it tells its waiters when it is done.
+    h2_connecting: Option<tokio::sync::watch::Receiver<ConnectState>>,
+}
+
+/// One shared HTTP/2 connection.
+struct SharedH2 {
+    /// Which connection this is, so a refusal retires this one and not a successor.
+    id: u64,
+    sender: http2::SendRequest<RequestBody>,
+    /// Requests sent on it whose response has not ended yet.
+    open_streams: Arc<AtomicUsize>,
+    /// When a request last took a stream on it; idle connections close like HTTP/1.1 ones.
+    last_used: Instant,
+}
+
+/// What a request waiting on an HTTP/2 handshake learns: still going (`None`), done (the new
+/// connection is in the host's list, or the host turned out to speak HTTP/1.1), or failed,
+/// which fails the waiters too — each trying again in turn would multiply the wait.
+type ConnectState = Option<Result<(), UpstreamFailure>>;
+
+/// A stream counted against its connection's `http2_max_streams` until the response ends.
+struct StreamSlot(Arc<AtomicUsize>);
+
+impl StreamSlot {
+    fn take(open_streams: &Arc<AtomicUsize>) -> StreamSlot {
+        open_streams.fetch_add(1, Ordering::Relaxed);
+        StreamSlot(open_streams.clone())
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 struct IdleConnection {
@@ -92,7 +138,17 @@ enum Lease {
         sender: http2::SendRequest<RequestBody>,
         /// Which shared connection this is, so a refusal retires that one and not its successor.
         id: u64,
+        stream: StreamSlot,
     },
+}
+
+/// What `checkout` found for a request.
+enum Pick {
+    Lease(Lease),
+    /// Every HTTP/2 stream is busy and another request is opening a connection: wait for it.
+    Wait(tokio::sync::watch::Receiver<ConnectState>),
+    /// Open a connection; `Some` when this request is the one the others wait for.
+    Connect(Option<tokio::sync::watch::Sender<ConnectState>>),
 }
 
 impl Lease {
@@ -106,11 +162,17 @@ impl Lease {
 }
 
 impl ConnectionPool {
-    pub fn new(connector: Connector, idle_timeout: Duration, max_idle_per_host: usize) -> Self {
+    pub fn new(
+        connector: Connector,
+        idle_timeout: Duration,
+        max_idle_per_host: usize,
+        max_streams: usize,
+    ) -> Self {
         ConnectionPool {
             connector,
             idle_timeout,
             max_idle_per_host,
+            max_streams: max_streams.max(1),
             hosts: Mutex::new(Vec::new()),
             sweeping: AtomicBool::new(false),
             next_h2_id: AtomicU64::new(0),
@@ -132,7 +194,11 @@ impl ConnectionPool {
         let mut refusals = 0;
         loop {
             match lease {
-                Lease::Http2 { mut sender, id } => {
+                Lease::Http2 {
+                    mut sender,
+                    id,
+                    stream,
+                } => {
                     // Twilio may refuse a stream it never processed — REFUSED_STREAM, or a
                     // GOAWAY when it retires the connection — and then it is safe to send again
                     // (RFC 9113 §8.7), if the request can be rebuilt: no body, or one buffered.
@@ -140,7 +206,9 @@ impl ConnectionPool {
                         .then(|| replayable(&req))
                         .flatten();
                     match sender.try_send_request(req).await {
-                        Ok(response) => return Ok(response.map(UpstreamBody::unpooled)),
+                        Ok(response) => {
+                            return Ok(response.map(|body| UpstreamBody::on_stream(body, stream)))
+                        }
                         Err(mut e) => {
                             let refused = is_refused_stream(e.error());
                             match e.take_message().or(if refused { copy } else { None }) {
@@ -187,7 +255,7 @@ impl ConnectionPool {
                                 Some(unsent) if reused => {
                                     req = unsent;
                                     *req.uri_mut() = absolute_uri;
-                                    lease = Box::pin(self.connect(&authority)).await?;
+                                    lease = Box::pin(self.connect(&authority, None)).await?;
                                 }
                                 _ => return Err(classify_exchange(e.error())),
                             }
@@ -198,59 +266,143 @@ impl ConnectionPool {
         }
     }
 
-    /// A ready connection to `authority`: the shared HTTP/2 one, the most recently used idle
-    /// HTTP/1.1 one, or a new one.
+    /// A ready connection to `authority`: a shared HTTP/2 one with a free stream, the most
+    /// recently used idle HTTP/1.1 one, or a new one.
     async fn checkout(self: &Arc<Self>, authority: &Authority) -> Result<Lease, UpstreamFailure> {
         loop {
-            let candidate = {
+            let pick = {
                 let mut hosts = self.lock();
                 let entry = entry_for(&mut hosts, authority)?;
-                if let Some((id, shared)) = &entry.shared_h2 {
-                    if shared.is_closed() {
-                        entry.shared_h2 = None;
-                        None
-                    } else {
-                        Some(Lease::Http2 {
-                            sender: shared.clone(),
-                            id: *id,
-                        })
-                    }
-                } else {
-                    let now = Instant::now();
-                    let mut found = None;
-                    while let Some(idle) = entry.idle.pop() {
-                        if !idle.sender.is_closed()
-                            && now.duration_since(idle.since) < self.idle_timeout
-                        {
-                            found = Some(Lease::Http1 {
-                                sender: idle.sender,
-                                host_header: entry.host_header.clone(),
-                                reused: true,
-                            });
-                            break;
-                        }
-                    }
-                    found
-                }
+                self.pick(entry)
             };
-            match candidate {
-                // Boxed: opening a connection (TLS handshake, h2 set-up) is a large future, and
-                // inline it would make every request's future that large, to be moved each time.
-                None => return Box::pin(self.connect(authority)).await,
+            match pick {
                 // An idle HTTP/1.1 connection was returned as soon as its response body ended
                 // (hyper may still be finishing that exchange), and Twilio may have closed
                 // either kind meanwhile: the next pass drops a closed one and tries again.
-                Some(mut lease) => {
+                Pick::Lease(mut lease) => {
                     if lease.ready().await {
                         return Ok(lease);
                     }
+                }
+                Pick::Wait(mut connecting) => {
+                    // Done, or the request opening it gave up (its sender is gone): look again.
+                    // Failed: so does this request.
+                    let outcome = connecting.wait_for(Option::is_some).await.map(|done| *done);
+                    if let Ok(Some(Err(failure))) = outcome {
+                        return Err(failure);
+                    }
+                }
+                // Boxed: opening a connection (TLS handshake, h2 set-up) is a large future, and
+                // inline it would make every request's future that large, to be moved each time.
+                Pick::Connect(announce) => {
+                    return Box::pin(self.connect(authority, announce)).await;
                 }
             }
         }
     }
 
+    /// Chooses for one request, under the lock.
+    fn pick(&self, entry: &mut HostConnections) -> Pick {
+        entry.h2.retain(|c| !c.sender.is_closed());
+        let max_streams = self.max_streams;
+        if let Some(shared) = entry
+            .h2
+            .iter_mut()
+            .find(|c| c.open_streams.load(Ordering::Relaxed) < max_streams)
+        {
+            shared.last_used = Instant::now();
+            return Pick::Lease(Lease::Http2 {
+                sender: shared.sender.clone(),
+                id: shared.id,
+                stream: StreamSlot::take(&shared.open_streams),
+            });
+        }
+        if entry.speaks_h2 {
+            if let Some(connecting) = &entry.h2_connecting {
+                return Pick::Wait(connecting.clone());
+            }
+            let (announce, connecting) = tokio::sync::watch::channel(None);
+            entry.h2_connecting = Some(connecting);
+            return Pick::Connect(Some(announce));
+        }
+        let now = Instant::now();
+        while let Some(idle) = entry.idle.pop() {
+            if !idle.sender.is_closed() && now.duration_since(idle.since) < self.idle_timeout {
+                return Pick::Lease(Lease::Http1 {
+                    sender: idle.sender,
+                    host_header: entry.host_header.clone(),
+                    reused: true,
+                });
+            }
+        }
+        Pick::Connect(None)
+    }
+
     /// Opens a new connection; ALPN decides whether it is shared (h2) or leased (HTTP/1.1).
-    async fn connect(self: &Arc<Self>, authority: &Authority) -> Result<Lease, UpstreamFailure> {
+    /// `announce`, when given, tells the requests waiting for this connection how it went.
+    async fn connect(
+        self: &Arc<Self>,
+        authority: &Authority,
+        announce: Option<tokio::sync::watch::Sender<ConnectState>>,
+    ) -> Result<Lease, UpstreamFailure> {
+        let mut announce = Announce {
+            pool: self,
+            authority,
+            sender: announce,
+        };
+        let connected = self.open(authority).await;
+        let mut kept_h2 = false;
+        let mut hosts = self.lock();
+        let entry = entry_for(&mut hosts, authority)?;
+        let lease = match connected {
+            Err(failure) => {
+                announce.finish(entry, Err(failure));
+                return Err(failure);
+            }
+            Ok(Connected::Http1(sender)) => {
+                entry.speaks_h2 = false;
+                Lease::Http1 {
+                    sender,
+                    host_header: entry.host_header.clone(),
+                    reused: false,
+                }
+            }
+            Ok(Connected::Http2(sender)) => {
+                entry.speaks_h2 = true;
+                entry.h2.retain(|c| !c.sender.is_closed());
+                let id = self.next_h2_id.fetch_add(1, Ordering::Relaxed);
+                let open_streams = Arc::new(AtomicUsize::new(0));
+                let stream = StreamSlot::take(&open_streams);
+                // Shared only when the ones kept are full: requests racing to a cold host each
+                // open one, and the surplus would only sit idle.
+                let max_streams = self.max_streams;
+                if entry
+                    .h2
+                    .iter()
+                    .all(|c| c.open_streams.load(Ordering::Relaxed) >= max_streams)
+                {
+                    entry.h2.push(SharedH2 {
+                        id,
+                        sender: sender.clone(),
+                        open_streams,
+                        last_used: Instant::now(),
+                    });
+                    kept_h2 = true;
+                }
+                Lease::Http2 { sender, id, stream }
+            }
+        };
+        announce.finish(entry, Ok(()));
+        drop(hosts);
+        if kept_h2 {
+            // So it closes once idle, like an HTTP/1.1 connection.
+            self.sweep_later();
+        }
+        Ok(lease)
+    }
+
+    /// The TLS handshake, then HTTP/2 or HTTP/1.1 set-up as ALPN chose.
+    async fn open(&self, authority: &Authority) -> Result<Connected, UpstreamFailure> {
         let mut connector = self.connector.clone();
         std::future::poll_fn(|cx| connector.poll_ready(cx))
             .await
@@ -270,10 +422,7 @@ impl ConnectionPool {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
                 }
             });
-            let id = self.next_h2_id.fetch_add(1, Ordering::Relaxed);
-            let mut hosts = self.lock();
-            entry_for(&mut hosts, authority)?.shared_h2 = Some((id, sender.clone()));
-            Ok(Lease::Http2 { sender, id })
+            Ok(Connected::Http2(sender))
         } else {
             let (sender, connection) = http1::handshake(io)
                 .await
@@ -283,12 +432,7 @@ impl ConnectionPool {
                     tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
                 }
             });
-            let host_header = entry_for(&mut self.lock(), authority)?.host_header.clone();
-            Ok(Lease::Http1 {
-                sender,
-                host_header,
-                reused: false,
-            })
+            Ok(Connected::Http1(sender))
         }
     }
 
@@ -297,13 +441,7 @@ impl ConnectionPool {
     fn forget_shared_h2(&self, authority: &Authority, id: u64) {
         let mut hosts = self.lock();
         if let Ok(entry) = entry_for(&mut hosts, authority) {
-            if entry
-                .shared_h2
-                .as_ref()
-                .is_some_and(|(shared, _)| *shared == id)
-            {
-                entry.shared_h2 = None;
-            }
+            entry.h2.retain(|c| c.id != id);
         }
     }
 
@@ -334,19 +472,27 @@ impl ConnectionPool {
     }
 
     /// Connections the next request could use without a handshake: the idle HTTP/1.1 ones
-    /// plus each host's open HTTP/2 connection.
+    /// plus the open HTTP/2 ones with a free stream.
     pub fn reusable_count(&self) -> usize {
+        let max_streams = self.max_streams;
         self.lock()
             .iter()
             .map(|h| {
-                let h2 = h.shared_h2.as_ref().is_some_and(|(_, s)| !s.is_closed());
-                h.idle.len() + usize::from(h2)
+                let h2 = h.h2.iter().filter(|c| {
+                    !c.sender.is_closed() && c.open_streams.load(Ordering::Relaxed) < max_streams
+                });
+                h.idle.len() + h2.count()
             })
             .sum()
     }
 
-    /// Closes idle connections past `idle_timeout` (or already closed); returns how many are
-    /// left.
+    /// Connections kept for reuse: idle HTTP/1.1 plus shared HTTP/2 (busy or not).
+    fn kept_count(hosts: &[HostConnections]) -> usize {
+        hosts.iter().map(|h| h.idle.len() + h.h2.len()).sum()
+    }
+
+    /// Closes connections idle past `idle_timeout` (or already closed) — HTTP/2 ones once no
+    /// request has used them for that long; returns how many are left.
     fn sweep(&self) -> usize {
         let now = Instant::now();
         let mut hosts = self.lock();
@@ -354,11 +500,13 @@ impl ConnectionPool {
             entry.idle.retain(|idle| {
                 !idle.sender.is_closed() && now.duration_since(idle.since) < self.idle_timeout
             });
-            if entry.shared_h2.as_ref().is_some_and(|(_, s)| s.is_closed()) {
-                entry.shared_h2 = None;
-            }
+            entry.h2.retain(|c| {
+                !c.sender.is_closed()
+                    && (c.open_streams.load(Ordering::Relaxed) > 0
+                        || now.duration_since(c.last_used) < self.idle_timeout)
+            });
         }
-        hosts.iter().map(|h| h.idle.len()).sum()
+        Self::kept_count(&hosts)
     }
 
     /// Makes sure one task on this thread will close idle connections once they time out. It
@@ -382,7 +530,9 @@ impl ConnectionPool {
                     pool.sweeping.store(false, Ordering::Release);
                     // A connection given back between the sweep and the store found the flag
                     // still set and started nothing; keep going for it.
-                    if pool.idle_count() == 0 || pool.sweeping.swap(true, Ordering::AcqRel) {
+                    if Self::kept_count(&pool.lock()) == 0
+                        || pool.sweeping.swap(true, Ordering::AcqRel)
+                    {
                         return;
                     }
                 }
@@ -415,7 +565,9 @@ fn entry_for<'h>(
                 authority: authority.clone(),
                 host_header,
                 idle: Vec::new(),
-                shared_h2: None,
+                h2: Vec::new(),
+                speaks_h2: false,
+                h2_connecting: None,
             });
             hosts.len() - 1
         }
@@ -485,6 +637,43 @@ fn classify_exchange(e: &hyper::Error) -> UpstreamFailure {
     }
 }
 
+/// A connection just opened, before the pool has filed it.
+enum Connected {
+    Http1(http1::SendRequest<RequestBody>),
+    Http2(http2::SendRequest<RequestBody>),
+}
+
+/// Held by the request opening the HTTP/2 connection others wait for. It clears the host's
+/// "being opened" mark when the connection is filed or failed — or when its request gives up
+/// (timed out, app gone) and drops it mid-handshake, so the waiters look again rather than
+/// wait on nothing.
+struct Announce<'p> {
+    pool: &'p ConnectionPool,
+    authority: &'p Authority,
+    sender: Option<tokio::sync::watch::Sender<ConnectState>>,
+}
+
+impl Announce<'_> {
+    fn finish(&mut self, entry: &mut HostConnections, outcome: Result<(), UpstreamFailure>) {
+        if let Some(sender) = self.sender.take() {
+            entry.h2_connecting = None;
+            sender.send_replace(Some(outcome));
+        }
+    }
+}
+
+impl Drop for Announce<'_> {
+    fn drop(&mut self) {
+        if self.sender.is_some() {
+            let mut hosts = self.pool.lock();
+            if let Ok(entry) = entry_for(&mut hosts, self.authority) {
+                entry.h2_connecting = None;
+            }
+            // Dropping the sender (after this) wakes the waiters with "closed".
+        }
+    }
+}
+
 /// An HTTP/1.1 connection lent to one request, to return once its response has been read.
 struct PooledSender {
     pool: Weak<ConnectionPool>,
@@ -498,6 +687,8 @@ struct PooledSender {
 pub struct UpstreamBody {
     inner: Incoming,
     pooled: Option<PooledSender>,
+    /// The HTTP/2 stream this response arrives on, freed when it ends.
+    stream: Option<StreamSlot>,
     ended: bool,
 }
 
@@ -506,14 +697,16 @@ impl UpstreamBody {
         UpstreamBody {
             inner,
             pooled: Some(sender),
+            stream: None,
             ended: false,
         }
     }
 
-    fn unpooled(inner: Incoming) -> Self {
+    fn on_stream(inner: Incoming, stream: StreamSlot) -> Self {
         UpstreamBody {
             inner,
             pooled: None,
+            stream: Some(stream),
             ended: false,
         }
     }
@@ -539,6 +732,8 @@ impl Body for UpstreamBody {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(None) = polled {
             self.ended = true;
+            // The stream is closed; the next request may have it before this body is dropped.
+            self.stream = None;
         }
         polled
     }

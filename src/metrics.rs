@@ -110,7 +110,7 @@ impl Metrics {
         let upstream_reusable = IntGauge::new(
             "upstream_reusable_connections",
             "Connections to Twilio ready for reuse without a handshake (idle HTTP/1.1 plus open \
-             HTTP/2), set at scrape time.",
+             HTTP/2 with a free stream), set at scrape time.",
         )?;
         let upstream_streams_resent = IntCounter::new(
             "upstream_streams_resent_total",

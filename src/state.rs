@@ -184,6 +184,7 @@ impl State {
                 "request_timeout_ms": c.upstream.request_timeout.as_millis() as u64,
                 "pool_idle_timeout_ms": c.upstream.pool_idle_timeout.as_millis() as u64,
                 "pool_max_idle_per_host": c.upstream.pool_max_idle_per_host,
+                "http2_max_streams": c.upstream.http2_max_streams,
             },
             "accounts": accounts,
             "policy": {

@@ -170,6 +170,7 @@ impl Upstream {
                     https.clone(),
                     settings.pool_idle_timeout,
                     settings.pool_max_idle_per_host,
+                    settings.http2_max_streams,
                 ))
             })
             .collect();

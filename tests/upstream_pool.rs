@@ -1,7 +1,9 @@
 //! The upstream connection pool against a real TLS stand-in: HTTP/1.1 connections are reused,
 //! handed back only when their response was read to the end, dropped when Twilio closes them
-//! or they sit idle too long, capped per host; HTTP/2 shares one connection; failures are
-//! sorted into the right `kind`. Then the whole binary against an HTTP/1.1-only Twilio.
+//! or they sit idle too long, capped per host; HTTP/2 shares a connection up to
+//! `http2_max_streams` requests, opens another beyond that (one handshake for everyone
+//! waiting), resends refused streams, and closes idle connections; failures are sorted into
+//! the right `kind`. Then the whole binary against an HTTP/1.1-only Twilio.
 
 mod common;
 
@@ -35,6 +37,7 @@ fn settings(stand_in: &StandIn, idle_timeout: Duration, max_idle: usize) -> Upst
         request_timeout: Duration::from_secs(10),
         pool_idle_timeout: idle_timeout,
         pool_max_idle_per_host: max_idle,
+        http2_max_streams: 100,
     }
 }
 
@@ -316,10 +319,9 @@ struct H2Upstream {
     read_but_unanswered: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
-async fn h2_upstream(pki: &ThrowawayPki, how: Refusal, refusing: u64) -> H2Upstream {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::{Arc, Mutex};
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+/// TLS for a raw HTTP/2-only test server with the stand-in's certificate.
+fn h2_tls_acceptor(pki: &ThrowawayPki) -> tokio_rustls::TlsAcceptor {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -330,7 +332,13 @@ async fn h2_upstream(pki: &ThrowawayPki, how: Refusal, refusing: u64) -> H2Upstr
         )
         .unwrap();
     tls.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls))
+}
+
+async fn h2_upstream(pki: &ThrowawayPki, how: Refusal, refusing: u64) -> H2Upstream {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    let acceptor = h2_tls_acceptor(pki);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let up = H2Upstream {
         addr: listener.local_addr().unwrap(),
@@ -398,6 +406,14 @@ async fn h2_upstream(pki: &ThrowawayPki, how: Refusal, refusing: u64) -> H2Upstr
 }
 
 fn upstream_at(addr: std::net::SocketAddr, pki: &ThrowawayPki) -> Upstream {
+    upstream_with_streams(addr, pki, 100)
+}
+
+fn upstream_with_streams(
+    addr: std::net::SocketAddr,
+    pki: &ThrowawayPki,
+    http2_max_streams: usize,
+) -> Upstream {
     let s = UpstreamConfig {
         default_host: HOST.into(),
         allowed_hosts: vec![HOST.into()],
@@ -407,6 +423,7 @@ fn upstream_at(addr: std::net::SocketAddr, pki: &ThrowawayPki) -> Upstream {
         request_timeout: Duration::from_secs(10),
         pool_idle_timeout: Duration::from_secs(60),
         pool_max_idle_per_host: 8,
+        http2_max_streams,
     };
     Upstream::new(&s, 1, std::slice::from_ref(&pki.ca_der)).expect("upstream")
 }
@@ -505,4 +522,255 @@ async fn refusals_are_retried_a_bounded_number_of_times() {
         3,
         "the first attempt and two more, each on a new connection"
     );
+}
+
+/// An HTTP/2-only upstream that allows `max_streams` concurrent streams per connection and
+/// holds the responses to `/together/` requests until `release_at` of them have arrived (or
+/// 5 s pass), so a test can see how many requests the pool let out at once. `accept` says what
+/// happens to the n-th connection (from 1).
+#[derive(Clone, Copy)]
+enum Accept {
+    Serve,
+    Close,
+    Stall,
+}
+
+fn serve_all(_: u64) -> Accept {
+    Accept::Serve
+}
+
+struct HoldingH2Upstream {
+    addr: std::net::SocketAddr,
+    connections: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    most_in_flight: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+async fn holding_h2_upstream(
+    pki: &ThrowawayPki,
+    max_streams: u32,
+    release_at: u64,
+    accept: fn(u64) -> Accept,
+) -> HoldingH2Upstream {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let acceptor = h2_tls_acceptor(pki);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = HoldingH2Upstream {
+        addr: listener.local_addr().unwrap(),
+        connections: Arc::new(AtomicU64::new(0)),
+        most_in_flight: Arc::new(AtomicU64::new(0)),
+    };
+    let (connections, most) = (up.connections.clone(), up.most_in_flight.clone());
+    let (in_flight, _) = tokio::sync::watch::channel(0u64);
+    let in_flight = Arc::new(in_flight);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let tcp = match accept(connections.fetch_add(1, Ordering::SeqCst) + 1) {
+                Accept::Serve => tcp,
+                Accept::Close => continue,
+                Accept::Stall => {
+                    // Never answers the TLS handshake; the socket stays open.
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        drop(tcp);
+                    });
+                    continue;
+                }
+            };
+            let (acceptor, most, in_flight) = (acceptor.clone(), most.clone(), in_flight.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut conn) = h2::server::Builder::new()
+                    .max_concurrent_streams(max_streams)
+                    .handshake::<_, Bytes>(tls)
+                    .await
+                else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    let (most, in_flight) = (most.clone(), in_flight.clone());
+                    let held = req.uri().path().contains("/together/");
+                    tokio::spawn(async move {
+                        if held {
+                            in_flight.send_modify(|n| *n += 1);
+                            most.fetch_max(*in_flight.borrow(), Ordering::SeqCst);
+                            let mut seen = in_flight.subscribe();
+                            let _ = tokio::time::timeout(
+                                Duration::from_secs(5),
+                                seen.wait_for(|n| *n >= release_at),
+                            )
+                            .await;
+                        }
+                        let head = http::Response::builder().status(200).body(()).unwrap();
+                        let mut send = respond.send_response(head, false).unwrap();
+                        let _ = send.send_data(Bytes::from_static(b"{}"), true);
+                    });
+                }
+            });
+        }
+    });
+    up
+}
+
+/// Sends `n` GETs at once and checks they all succeed.
+async fn all_at_once(up: &std::sync::Arc<Upstream>, n: usize) {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let up = up.clone();
+            tokio::spawn(async move { fetch(&up, &format!("/v1/together/{i}")).await.0 })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn requests_beyond_http2_max_streams_go_out_on_another_connection_not_into_a_queue() {
+    use std::sync::atomic::Ordering;
+    let pki = ThrowawayPki::new(&[HOST]).unwrap();
+    // Twilio allows 2 streams a connection; 4 requests must all reach it at once.
+    let twilio = holding_h2_upstream(&pki, 2, 4, serve_all).await;
+    let up = std::sync::Arc::new(upstream_with_streams(twilio.addr, &pki, 2));
+    // One request first, so the pool knows the host speaks h2.
+    fetch(&up, "/v1/first").await;
+    assert_eq!(twilio.connections.load(Ordering::SeqCst), 1);
+    all_at_once(&up, 4).await;
+    assert_eq!(
+        twilio.most_in_flight.load(Ordering::SeqCst),
+        4,
+        "requests waited behind the stream limit"
+    );
+    assert_eq!(twilio.connections.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        up.reusable_connections(),
+        2,
+        "both are kept, with free streams"
+    );
+}
+
+#[tokio::test]
+async fn requests_needing_a_new_http2_connection_share_one_handshake() {
+    use std::sync::atomic::Ordering;
+    let pki = ThrowawayPki::new(&[HOST]).unwrap();
+    let twilio = holding_h2_upstream(&pki, 2, 7, serve_all).await;
+    let up = std::sync::Arc::new(upstream_with_streams(twilio.addr, &pki, 2));
+    fetch(&up, "/v1/first").await;
+    // 7 at once over connections of 2 streams: 4 connections, the first one included — not
+    // one handshake for every request that found the streams busy.
+    all_at_once(&up, 7).await;
+    assert_eq!(twilio.most_in_flight.load(Ordering::SeqCst), 7);
+    assert_eq!(twilio.connections.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn idle_http2_connections_close_after_the_idle_timeout() {
+    use std::sync::atomic::Ordering;
+    let pki = ThrowawayPki::new(&[HOST]).unwrap();
+    let twilio = holding_h2_upstream(&pki, 2, 4, serve_all).await;
+    let s = UpstreamConfig {
+        default_host: HOST.into(),
+        allowed_hosts: vec![HOST.into()],
+        connect_to: Some(twilio.addr),
+        ca_file: None,
+        connect_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(10),
+        pool_idle_timeout: Duration::from_millis(300),
+        pool_max_idle_per_host: 8,
+        http2_max_streams: 2,
+    };
+    let up = std::sync::Arc::new(Upstream::new(&s, 1, std::slice::from_ref(&pki.ca_der)).unwrap());
+    fetch(&up, "/v1/first").await;
+    all_at_once(&up, 4).await;
+    assert_eq!(up.reusable_connections(), 2);
+    eventually("idle HTTP/2 connections are closed", || {
+        up.reusable_connections() == 0
+    })
+    .await;
+    fetch(&up, "/v1/after-idle").await;
+    assert_eq!(
+        twilio.connections.load(Ordering::SeqCst),
+        3,
+        "a new one after the idle close"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_http2_handshake_fails_the_requests_waiting_for_it_too() {
+    use std::sync::atomic::Ordering;
+    let pki = ThrowawayPki::new(&[HOST]).unwrap();
+    // The first connection works; every later one is closed during the handshake.
+    let twilio = holding_h2_upstream(&pki, 2, 2, |n| {
+        if n == 1 {
+            Accept::Serve
+        } else {
+            Accept::Close
+        }
+    })
+    .await;
+    let up = std::sync::Arc::new(upstream_with_streams(twilio.addr, &pki, 2));
+    fetch(&up, "/v1/first").await;
+    let tasks: Vec<_> = (0..4)
+        .map(|i| {
+            let up = up.clone();
+            tokio::spawn(async move { up.send(get(HOST, &format!("/v1/together/{i}"))).await })
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(response) => assert_eq!(response.status(), StatusCode::OK),
+            Err(failure) => failures.push(failure),
+        }
+    }
+    // Two fit on the first connection; the other two needed a new one, and its failure is
+    // theirs — the second does not try (and wait for) a handshake of its own.
+    assert_eq!(failures.len(), 2, "{failures:?}");
+    assert_eq!(failures[0], failures[1]);
+    assert_eq!(twilio.connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn when_the_request_opening_an_http2_connection_gives_up_a_waiting_one_opens_its_own() {
+    use std::sync::atomic::Ordering;
+    let pki = ThrowawayPki::new(&[HOST]).unwrap();
+    // The second connection's handshake never completes; the rest are served.
+    let twilio = holding_h2_upstream(&pki, 1, 2, |n| {
+        if n == 2 {
+            Accept::Stall
+        } else {
+            Accept::Serve
+        }
+    })
+    .await;
+    let up = std::sync::Arc::new(upstream_with_streams(twilio.addr, &pki, 1));
+    fetch(&up, "/v1/first").await;
+    let send = |path: &'static str| {
+        let up = up.clone();
+        tokio::spawn(async move { up.send(get(HOST, path)).await })
+    };
+    // Takes the first connection's only stream (held until a second request arrives).
+    let holder = send("/v1/together/holder");
+    eventually("the first stream is taken", || {
+        up.reusable_connections() == 0
+    })
+    .await;
+    // Starts the second connection, which stalls; then one more waits for it.
+    let opener = send("/v1/opener");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let waiter = send("/v1/together/waiter");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(twilio.connections.load(Ordering::SeqCst), 2);
+    // The opener's app goes away; the waiter must not wait on nothing.
+    opener.abort();
+    let response = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the waiter was left waiting")
+        .unwrap()
+        .expect("the waiter opened a connection of its own");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(holder.await.unwrap().unwrap().status(), StatusCode::OK);
+    assert_eq!(twilio.connections.load(Ordering::SeqCst), 3);
 }

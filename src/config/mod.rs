@@ -116,6 +116,8 @@ pub struct UpstreamConfig {
     pub request_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// Requests in flight on one HTTP/2 connection before the pool opens another to the host.
+    pub http2_max_streams: usize,
 }
 
 /// `[[accounts]]`.
@@ -512,6 +514,8 @@ fn read_upstream(
         request_timeout: Duration::from_secs(30),
         pool_idle_timeout: Duration::from_secs(90),
         pool_max_idle_per_host: 64,
+        // RFC 9113 asks servers to allow at least 100 concurrent streams.
+        http2_max_streams: 100,
     };
     optional_table(root, d, "upstream", out, |s, d, out| {
         if let Some(h) = s.string(d, "default_host") {
@@ -549,6 +553,15 @@ fn read_upstream(
         }
         if let Some(n) = s.count(d, "pool_max_idle_per_host") {
             out.pool_max_idle_per_host = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let Some(n) = s.count(d, "http2_max_streams") {
+            if n == 0 {
+                d.error(
+                    s.key("http2_max_streams"),
+                    "must be at least 1 (100 suits servers that follow RFC 9113)",
+                );
+            }
+            out.http2_max_streams = usize::try_from(n).unwrap_or(usize::MAX);
         }
     })
 }
@@ -811,6 +824,7 @@ mod tests {
             [upstream]
             default_host = "evil.example"
             request_timeout = "soon"
+            http2_max_streams = 0
             colour = "blue"
             [[accounts]]
             sid = "AC1"
@@ -829,6 +843,7 @@ mod tests {
             "listen.address: expected an IP:PORT",
             "upstream.default_host: \"evil.example\" is not in upstream.allowed_hosts",
             "upstream.request_timeout: expected a positive duration",
+            "upstream.http2_max_streams: must be at least 1",
             "upstream.colour: unknown key",
             "accounts[0].sid: \"AC1\" is not an account SID",
             "accounts[0].credential.type: unknown credential type \"oauth3\"",
