@@ -9,6 +9,7 @@ benches/instructions.py (`--compare`) for changes too small to show here.
 
     python3 benches/ab.py OLD_BINARY NEW_BINARY [--rounds 4] [--concurrency 16,256]
     python3 benches/ab.py OLD NEW --label "what changed" --out benches/ab.json   # for RESULTS.md
+    python3 benches/ab.py OLD NEW --upstream-http2   # the upstream offers h2 too
 """
 import argparse
 import json
@@ -30,6 +31,8 @@ def main():
     ap.add_argument("--seconds", type=int, default=6)
     ap.add_argument("--concurrency", default="16,256")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--upstream-http2", action="store_true",
+                    help="the upstream offers h2 as well as http/1.1, as in load.py --upstream-http2")
     ap.add_argument("--label", default="", help="what differs between the builds (for --out)")
     ap.add_argument("--out", help="write the results here as JSON (benches/report.py shows benches/ab.json)")
     args = ap.parse_args()
@@ -37,7 +40,7 @@ def main():
 
     d = pathlib.Path(tempfile.mkdtemp(prefix="ts-ab-"))
     load.make_certs(d)
-    upstream = load.start_upstream(d, args.workers)
+    upstream = load.start_upstream(d, args.workers, args.upstream_http2)
     binaries = {"old": args.old, "new": args.new}
     procs = {}
     runs = {(name, c): [] for name in binaries for c in concurrencies}
