@@ -584,8 +584,9 @@ fn absolute(authority: &Authority, path: PathAndQuery) -> Result<Uri, UpstreamFa
 }
 
 /// A copy of `req` to send again, when its body is empty or already in memory; `None` for a
-/// body still streaming from the app (the proxy buffers small ones, so those are rare).
-fn replayable(req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
+/// body still streaming from the app (the proxy buffers small ones, so those are rare). Used
+/// for refused HTTP/2 streams here and for the proxy's replay after a 401.
+pub(crate) fn replayable(req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
     let body = match req.body() {
         Either::Right(buffered) => Either::Right(buffered.clone()),
         Either::Left(streamed) if streamed.is_end_stream() => Either::Right(Full::default()),

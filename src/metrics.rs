@@ -36,7 +36,8 @@ pub struct Metrics {
     pub rule_hits: IntCounterVec,
     /// Requests being handled now.
     pub in_flight: IntGauge,
-    /// Upstream connections ready for reuse (idle HTTP/1.1 plus open HTTP/2), set at scrape.
+    /// Upstream connections ready for reuse (idle HTTP/1.1 plus open HTTP/2 with a free
+    /// stream), set at scrape.
     pub upstream_reusable: IntGauge,
     /// HTTP/2 requests sent again after Twilio refused the stream unprocessed.
     pub upstream_streams_resent: IntCounter,

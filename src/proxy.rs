@@ -34,7 +34,7 @@ use hyper::body::Body as _;
 use hyper::body::Incoming;
 use tracing::{info, warn};
 
-use crate::connection_pool::UpstreamBody;
+use crate::connection_pool::{replayable, UpstreamBody};
 use crate::credentials::{Account, Attached};
 use crate::error::{ProxyError, UpstreamFailure};
 use crate::gate::{Gate, Trace};
@@ -346,7 +346,7 @@ impl Proxy {
             Some(0) => attached.bearer.is_some(),
             Some(n) => n <= replay_limit,
         };
-        let (body, replay) = if buffer {
+        let (body, replayable_size) = if buffer {
             let bytes = limited
                 .collect()
                 .await
@@ -358,24 +358,19 @@ impl Proxy {
                     }
                 })?
                 .to_bytes();
-            let replay =
-                (attached.bearer.is_some() && bytes.len() as u64 <= replay_limit).then(|| {
-                    (
-                        parts.method.clone(),
-                        parts.uri.clone(),
-                        parts.headers.clone(),
-                        bytes.clone(),
-                    )
-                });
-            (Either::Right(Full::new(bytes)), replay)
+            let size = bytes.len() as u64;
+            (Either::Right(Full::new(bytes)), size <= replay_limit)
         } else {
-            (Either::Left(limited), None)
+            (Either::Left(limited), false)
         };
+        let req = Request::from_parts(parts, body);
+        // A bearer request keeps a copy to send again if Twilio rejects the token.
+        let replay = (attached.bearer.is_some() && replayable_size)
+            .then(|| replayable(&req))
+            .flatten();
 
         // Phase 7: upstream call.
-        let mut response = self
-            .call_upstream(state, record.host, Request::from_parts(parts, body))
-            .await?;
+        let mut response = self.call_upstream(state, record.host, req).await?;
         if response.status() == StatusCode::UNAUTHORIZED {
             if let Some((cache, id)) = &attached.bearer {
                 // Drop the rejected token (if no other request already did) and replay once.
@@ -389,13 +384,10 @@ impl Proxy {
                     .oauth_replays
                     .with_label_values(&[record.account, outcome])
                     .inc();
-                if let Some((method, uri, mut headers, bytes)) = replay {
+                if let Some(mut req) = replay {
                     let again = self.attach(account, record.account).await?;
-                    headers.insert(header::AUTHORIZATION, again.header.clone());
-                    let mut req = Request::new(Either::Right(Full::new(bytes)));
-                    *req.method_mut() = method;
-                    *req.uri_mut() = uri;
-                    *req.headers_mut() = headers;
+                    req.headers_mut()
+                        .insert(header::AUTHORIZATION, again.header.clone());
                     drop(response);
                     response = self.call_upstream(state, record.host, req).await?;
                     if response.status() == StatusCode::UNAUTHORIZED {
