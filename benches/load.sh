@@ -6,7 +6,7 @@
 # Writes benches/results.json, benches/results-h2.json, benches/instructions.json,
 # benches/RESULTS.md and benches/load.svg.
 #
-#   bash benches/load.sh              # the full run (a few minutes)
+#   bash benches/load.sh              # the full run (about 25 minutes)
 #   bash benches/load.sh --smoke      # a few seconds: checks every target works (run in CI)
 #   bash benches/load.sh --label X    # extra arguments go to benches/load.py
 #

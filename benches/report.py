@@ -95,8 +95,9 @@ def http2_section(path):
 
 The same job, targets and load, in a second run (`benches/{path.name}`, {s['rounds']} rounds of
 {s['seconds']} s) in which the upstream nginx also offers `h2` by ALPN — as an edge that speaks
-HTTP/2 would. twilio-sidecar then sends each serving thread's requests as streams over one
-shared HTTP/2 connection (DESIGN: "HTTP/2 or 1.1 to Twilio by ALPN"); HAProxy is configured to
+HTTP/2 would. twilio-sidecar then sends each serving thread's requests as streams over shared
+HTTP/2 connections, at most `upstream.http2_max_streams` (default 100) in flight on each, opening
+another past that (DESIGN: "HTTP/2 or 1.1 to Twilio by ALPN"); HAProxy is configured to
 offer `h2,http/1.1` to its server as well; nginx's proxy module has no HTTP/2 upstreams, so it
 stays on its HTTP/1.1 keep-alive pool. Whether Twilio's own edge negotiates h2 could not be
 checked from these machines (no internet); the tables above, with an HTTP/1.1-only upstream,
