@@ -23,6 +23,7 @@
 //!   for it instead of each paying a handshake of their own (a burst after a GOAWAY, or more
 //!   than one connection's worth of streams arriving at once).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -181,88 +182,111 @@ impl ConnectionPool {
 
     /// Sends `req` (absolute `https://{host}{path}` URI) and returns the response head; the
     /// body streams from the connection.
-    pub async fn send(
+    ///
+    /// Not an `async fn`: that would keep the request twice in the future, once as the
+    /// argument and once as the variable it is moved into.
+    #[allow(clippy::manual_async_fn)]
+    pub fn send(
         self: &Arc<Self>,
         mut req: Request<RequestBody>,
-    ) -> Result<Response<UpstreamBody>, UpstreamFailure> {
-        let authority = req
-            .uri()
-            .authority()
-            .cloned()
-            .ok_or(UpstreamFailure::Protocol)?;
-        let mut lease = self.checkout(&authority).await?;
-        let mut refusals = 0;
-        loop {
-            match lease {
-                Lease::Http2 {
-                    mut sender,
-                    id,
-                    stream,
-                } => {
-                    // Twilio may refuse a stream it never processed — REFUSED_STREAM, or a
-                    // GOAWAY when it retires the connection — and then it is safe to send again
-                    // (RFC 9113 §8.7), if the request can be rebuilt: no body, or one buffered.
-                    let copy = (refusals < MAX_REFUSALS)
-                        .then(|| replayable(&req))
-                        .flatten();
-                    match sender.try_send_request(req).await {
-                        Ok(response) => {
-                            return Ok(response.map(|body| UpstreamBody::on_stream(body, stream)))
-                        }
-                        Err(mut e) => {
-                            let refused = is_refused_stream(e.error());
-                            match e.take_message().or(if refused { copy } else { None }) {
-                                Some(again) if refusals < MAX_REFUSALS => {
-                                    refusals += 1;
-                                    STREAMS_RESENT.fetch_add(1, Ordering::Relaxed);
-                                    tracing::debug!(error = %e.error(), "upstream HTTP/2 stream refused; sending it again");
-                                    self.forget_shared_h2(&authority, id);
-                                    req = again;
-                                    lease = self.checkout(&authority).await?;
-                                }
-                                _ => return Err(classify_exchange(e.error())),
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, UpstreamFailure>> + Send + '_ {
+        async move {
+            let authority = req
+                .uri()
+                .authority()
+                .cloned()
+                .ok_or(UpstreamFailure::Protocol)?;
+            let mut lease = self.checkout(&authority).await?;
+            let mut refusals = 0;
+            // Each pass settles its exchange in a function of its own, dropping what that held
+            // (the error, the resend copy, the lease) before awaiting another connection: what
+            // this future keeps across an await makes every request's future larger, and hyper
+            // copies that future whole into the app connection when the request arrives.
+            loop {
+                // Sent again on a new connection (true) or on one from the pool (false).
+                let connect = match lease {
+                    Lease::Http2 { sender, id, stream } => {
+                        // Twilio may refuse a stream it never processed — REFUSED_STREAM, or a
+                        // GOAWAY when it retires the connection — and then it is safe to send again
+                        // (RFC 9113 §8.7), if the request can be rebuilt: no body, or one buffered.
+                        let copy = (refusals < MAX_REFUSALS)
+                            .then(|| replayable(&req))
+                            .flatten();
+                        match exchange_h2(sender, stream, req, copy).await {
+                            Ok(response) => return Ok(response),
+                            Err(Unsent::Again(again, error)) if refusals < MAX_REFUSALS => {
+                                refusals += 1;
+                                STREAMS_RESENT.fetch_add(1, Ordering::Relaxed);
+                                tracing::debug!(%error, "upstream HTTP/2 stream refused; sending it again");
+                                self.forget_shared_h2(&authority, id);
+                                req = again;
+                                false
+                            }
+                            Err(Unsent::Again(_, error) | Unsent::Failed(error)) => {
+                                return Err(classify_exchange(&error))
                             }
                         }
                     }
-                }
-                Lease::Http1 {
-                    mut sender,
-                    host_header,
-                    reused,
-                } => {
-                    // HTTP/1.1 wants origin form and a Host header; the URI carried the host.
-                    // The absolute URI is kept in case the request must go out again.
-                    req.headers_mut().insert(header::HOST, host_header);
-                    let origin = req
-                        .uri()
-                        .path_and_query()
-                        .cloned()
-                        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-                    let absolute_uri = std::mem::replace(req.uri_mut(), Uri::from(origin));
-                    match sender.try_send_request(req).await {
-                        Ok(response) => {
-                            let pool = PooledSender {
-                                pool: Arc::downgrade(self),
-                                authority,
-                                sender,
-                            };
-                            return Ok(response.map(|body| UpstreamBody::pooled(body, pool)));
+                    Lease::Http1 {
+                        sender,
+                        host_header,
+                        reused,
+                    } => match self.exchange_h1(&authority, sender, host_header, req).await {
+                        Ok(response) => return Ok(response),
+                        // A reused connection can close just as a request is handed to it; if
+                        // the request never left, send it again on a new one.
+                        Err(Unsent::Again(again, _)) if reused => {
+                            req = again;
+                            true
                         }
-                        Err(mut e) => {
-                            // A reused connection can close just as a request is handed to
-                            // it; if the request never left, send it again on a new one.
-                            match e.take_message() {
-                                Some(unsent) if reused => {
-                                    req = unsent;
-                                    *req.uri_mut() = absolute_uri;
-                                    lease = Box::pin(self.connect(&authority, None)).await?;
-                                }
-                                _ => return Err(classify_exchange(e.error())),
-                            }
+                        Err(Unsent::Again(_, error) | Unsent::Failed(error)) => {
+                            return Err(classify_exchange(&error))
                         }
-                    }
-                }
+                    },
+                };
+                lease = if connect {
+                    Box::pin(self.connect(&authority, None)).await?
+                } else {
+                    self.checkout(&authority).await?
+                };
             }
+        }
+    }
+
+    /// One HTTP/1.1 exchange on `sender`; the response's body returns the connection to the
+    /// pool when it ends.
+    async fn exchange_h1(
+        self: &Arc<Self>,
+        authority: &Authority,
+        mut sender: http1::SendRequest<RequestBody>,
+        host_header: HeaderValue,
+        mut req: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, Unsent> {
+        // HTTP/1.1 wants origin form and a Host header; the URI carried the host. The
+        // absolute URI is put back if the request must go out again.
+        req.headers_mut().insert(header::HOST, host_header);
+        let origin = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let absolute_uri = std::mem::replace(req.uri_mut(), Uri::from(origin));
+        match sender.try_send_request(req).await {
+            Ok(response) => {
+                let pool = PooledSender {
+                    pool: Arc::downgrade(self),
+                    authority: authority.clone(),
+                    sender,
+                };
+                Ok(response.map(|body| UpstreamBody::pooled(body, pool)))
+            }
+            Err(mut e) => match e.take_message() {
+                Some(mut unsent) => {
+                    *unsent.uri_mut() = absolute_uri;
+                    Err(Unsent::Again(unsent, e.into_error()))
+                }
+                None => Err(Unsent::Failed(e.into_error())),
+            },
         }
     }
 
@@ -573,6 +597,35 @@ fn entry_for<'h>(
         }
     };
     Ok(&mut hosts[at])
+}
+
+/// How an exchange ended without a response. Only ever returned, never kept, so the request
+/// stays inline rather than boxed (a box would be an allocation on every resend).
+#[allow(clippy::large_enum_variant)]
+enum Unsent {
+    /// The request may go out again: it never left, or Twilio refused its stream unprocessed.
+    Again(Request<RequestBody>, hyper::Error),
+    Failed(hyper::Error),
+}
+
+/// One exchange as a stream of a shared HTTP/2 connection; the stream's slot is freed when the
+/// response ends. `copy` is the request to send again if the stream is refused unprocessed.
+async fn exchange_h2(
+    mut sender: http2::SendRequest<RequestBody>,
+    stream: StreamSlot,
+    req: Request<RequestBody>,
+    copy: Option<Request<RequestBody>>,
+) -> Result<Response<UpstreamBody>, Unsent> {
+    match sender.try_send_request(req).await {
+        Ok(response) => Ok(response.map(|body| UpstreamBody::on_stream(body, stream))),
+        Err(mut e) => {
+            let refused = is_refused_stream(e.error());
+            match e.take_message().or(if refused { copy } else { None }) {
+                Some(again) => Err(Unsent::Again(again, e.into_error())),
+                None => Err(Unsent::Failed(e.into_error())),
+            }
+        }
+    }
 }
 
 fn absolute(authority: &Authority, path: PathAndQuery) -> Result<Uri, UpstreamFailure> {
