@@ -260,6 +260,21 @@ fn dev_mode_prints_curl_commands_that_work() {
         "{metrics}"
     );
     assert!(metrics.contains("decision=\"deny\""), "{metrics}");
+    // Dev mode has no file to watch, so nothing may count a failed reload (the shipped alert
+    // on reload failures would fire on every fresh `dev`).
+    let admin = banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("admin  "))
+        .expect("admin URL in the banner");
+    std::thread::sleep(Duration::from_millis(300));
+    let all = run(&format!("curl -s {admin}/metrics"));
+    assert!(
+        all.contains(
+            r#"twilio_sidecar_config_reloads_total{result="success",trigger="startup"} 1"#
+        ),
+        "{all}"
+    );
+    assert!(!all.contains(r#"result="failure""#), "{all}");
 
     // SIGTERM: graceful exit 0.
     std::process::Command::new("kill")

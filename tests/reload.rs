@@ -309,3 +309,82 @@ async fn sighup_and_editor_writes_trigger_reloads_and_listen_changes_need_a_rest
     let m = h.metrics().await;
     assert!(m.contains("twilio_sidecar_state_generation 3"), "{m}");
 }
+
+/// Appends to a file in each of `dirs` every 20 ms until dropped: a log file beside the
+/// config, a journal beside a secret.
+struct Chatter {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Chatter {
+    fn start(dirs: Vec<std::path::PathBuf>) -> Chatter {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            use std::io::Write;
+            let mut files: Vec<_> = dirs
+                .iter()
+                .map(|d| {
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(d.join("app.log"))
+                        .unwrap()
+                })
+                .collect();
+            while !flag.load(Ordering::SeqCst) {
+                for f in &mut files {
+                    writeln!(f, "something unrelated happened").unwrap();
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Chatter {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Chatter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A file written more often than the debounce, beside the config and beside the Secret,
+/// must not hold a rotation back: the swap is live within 1.5 s every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chatty_neighbours_cannot_hold_a_rotation_back() {
+    let h = Harness::start_with(|ctx| rotating_config(ctx, "250ms")).await;
+    let secrets = h.dir.path().join("secrets");
+    let _chatter = Chatter::start(vec![h.dir.path().to_path_buf(), secrets.clone()]);
+    // Let the chatter run long enough to have starved a restart-on-every-event debounce.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for n in 1..=5u64 {
+        let swapped = Instant::now();
+        k8s_rotate(&secrets, n);
+        loop {
+            assert_eq!(h.send("POST", &messages(), &[], b"").await.status, 200);
+            if h.last_authorization() == vec![basic(&key_sid(n), &secret(n))] {
+                break;
+            }
+            assert!(
+                swapped.elapsed() < Duration::from_millis(1500),
+                "rotation {n} not live 1.5 s after the swap"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        eprintln!("rotation {n} live after {:?}", swapped.elapsed());
+    }
+    // The chatter alone never triggers a reload: only the five swaps did.
+    let m = h.metrics().await;
+    assert!(
+        m.contains(r#"twilio_sidecar_config_reloads_total{result="success",trigger="watch"} 5"#),
+        "{m}"
+    );
+}
