@@ -11,10 +11,10 @@ use http::Request;
 use regex::RegexSet;
 use twilio_sidecar::config::Config;
 use twilio_sidecar::gate::{Gate, Trace};
-use twilio_sidecar::policy::{Mode, Policy};
-use twilio_sidecar::request_path::CanonicalPath;
-use twilio_sidecar::route::Hosts;
-use twilio_sidecar::twilio_hosts::TWILIO_PRODUCT_HOSTS;
+use twilio_sidecar::gate::policy::{Mode, Policy};
+use twilio_sidecar::gate::request_path::CanonicalPath;
+use twilio_sidecar::gate::route::Hosts;
+use twilio_sidecar::config::hosts::TWILIO_PRODUCT_HOSTS;
 
 const SID: &str = "AC0123456789abcdef0123456789abcdef";
 

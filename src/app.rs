@@ -28,14 +28,14 @@ use rustls_pki_types::CertificateDer;
 use tokio::net::{TcpListener, UnixListener};
 use tracing::{error, info, warn};
 
-use crate::admin::Admin;
+use crate::control::admin::Admin;
 use crate::config::reader::Diagnostic;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
-use crate::reload::{publish_state_metrics, Reloader};
-use crate::server::{hand_off, serve, Handoff, ServerOptions};
-use crate::state::{SharedState, State};
+use crate::control::reload::{publish_state_metrics, Reloader};
+use crate::proxy::server::{hand_off, serve, Handoff, ServerOptions};
+use crate::control::state::{SharedState, State};
 
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
@@ -184,7 +184,7 @@ impl Sidecar {
             self.draining.clone(),
         ));
         // Config and secret files are watched from before the first request is served.
-        let watcher = crate::watch::start(self.reloader.clone(), self.shared.clone());
+        let watcher = crate::control::watch::start(self.reloader.clone(), self.shared.clone());
         info!(addr = %self.proxy_addr(), "proxy listening");
         info!(addr = %self.admin_addr(), "admin listening");
 

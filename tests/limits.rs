@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use twilio_sidecar::stand_in::{echo, Reply};
+use twilio_sidecar::dev::stand_in::{echo, Reply};
 
 fn messages() -> String {
     format!("/2010-04-01/Accounts/{SID}/Messages.json")

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use http::StatusCode;
-use twilio_sidecar::stand_in::{echo, Recorded, Reply};
+use twilio_sidecar::dev::stand_in::{echo, Recorded, Reply};
 
 const CLIENT_ID: &str = "OQ0123456789abcdef0123456789abcdef";
 const CLIENT_SECRET: &str = "oauth-client-secret-for-tests-9d2f";

@@ -4,9 +4,9 @@
 
 use http::Method;
 use proptest::prelude::*;
-use twilio_sidecar::policy::{Mode, Policy};
-use twilio_sidecar::request_path::CanonicalPath;
-use twilio_sidecar::route::Hosts;
+use twilio_sidecar::gate::policy::{Mode, Policy};
+use twilio_sidecar::gate::request_path::CanonicalPath;
+use twilio_sidecar::gate::route::Hosts;
 
 const SID: &str = "AC00000000000000000000000000000001";
 const OTHER_SID: &str = "AC00000000000000000000000000000002";

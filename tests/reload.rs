@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::*;
-use twilio_sidecar::stand_in::{echo, Recorded};
+use twilio_sidecar::dev::stand_in::{echo, Recorded};
 
 fn key_sid(n: u64) -> String {
     format!("SK{n:032x}")

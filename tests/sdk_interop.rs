@@ -31,7 +31,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use twilio_sidecar::stand_in::ThrowawayPki;
+use twilio_sidecar::dev::stand_in::ThrowawayPki;
 
 /// The specs served, by host.
 const SPECS: [(&str, &str); 5] = [

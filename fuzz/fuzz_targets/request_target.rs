@@ -12,7 +12,7 @@ use http::{header, HeaderValue, Method, Request};
 use libfuzzer_sys::fuzz_target;
 use twilio_sidecar::config::Config;
 use twilio_sidecar::gate::{Gate, Trace};
-use twilio_sidecar::request_path::CanonicalPath;
+use twilio_sidecar::gate::request_path::CanonicalPath;
 
 const SID: &str = "AC00000000000000000000000000000001";
 

@@ -1,10 +1,11 @@
 //! The config file: TOML in, a typed [`Config`] out, with every problem reported at once.
 //!
 //! This module only reads and checks the file's own content; reading secrets, loading the CA
-//! file and compiling the policy happen when a [`crate::state::State`] is built from it, so
+//! file and compiling the policy happen when a [`crate::control::state::State`] is built from it, so
 //! that `validate`, startup and reload share one path. Relative paths are resolved against the
 //! config file's directory.
 
+pub mod hosts;
 pub mod reader;
 pub mod secret;
 
@@ -13,9 +14,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::credentials::oauth::OAuthSettings;
-use crate::credentials::token_endpoint::{parse_token_url, TWILIO_TOKEN_URL};
-use crate::policy::Mode;
-use crate::twilio_hosts::TWILIO_PRODUCT_HOSTS;
+use crate::credentials::oauth::fetcher::{parse_token_url, TWILIO_TOKEN_URL};
+use crate::gate::policy::Mode;
+use crate::config::hosts::TWILIO_PRODUCT_HOSTS;
 use reader::{Diagnostic, Diagnostics, Section};
 pub use secret::SecretSource;
 
@@ -527,7 +528,7 @@ fn read_upstream(
             }
             out.allowed_hosts = hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
         }
-        if let Err(e) = crate::route::Hosts::new(out.allowed_hosts.iter().map(String::as_str)) {
+        if let Err(e) = crate::gate::route::Hosts::new(out.allowed_hosts.iter().map(String::as_str)) {
             d.error(s.key("allowed_hosts"), e);
         }
         if !out.allowed_hosts.contains(&out.default_host) {

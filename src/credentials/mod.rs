@@ -8,7 +8,7 @@
 //! a secret from another. OAuth2 accounts attach a bearer token from their [`oauth::TokenCache`].
 
 pub mod oauth;
-pub mod token_endpoint;
+
 
 use std::sync::Arc;
 
@@ -20,7 +20,7 @@ use crate::config::reader::Diagnostic;
 use crate::config::{is_sid, AccountConfig, CredentialConfig, SecretSource};
 use crate::upstream::Upstream;
 use oauth::{ClientCredentials, NoToken, OAuthSettings, SystemClock, TokenCache};
-use token_endpoint::HttpTokenFetcher;
+use oauth::fetcher::HttpTokenFetcher;
 
 /// A Basic credential, ready to attach.
 #[derive(Clone)]

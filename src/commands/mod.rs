@@ -6,15 +6,15 @@ use std::path::Path;
 
 use http::{header, HeaderValue, Method, Request, Uri};
 
-use crate::catalogue;
+use crate::gate::catalogue;
 use crate::config::reader::Diagnostic;
 use crate::config::{Config, CredentialConfig, SecretSource, EXIT_CONFIG};
 use crate::gate::{Gate, Trace};
-use crate::policy::Verdict;
-use crate::request_path::CanonicalPath;
-use crate::route::RouteSource;
-use crate::state::State;
-use crate::twilio_hosts::is_twilio_name;
+use crate::gate::policy::Verdict;
+use crate::gate::request_path::CanonicalPath;
+use crate::gate::route::RouteSource;
+use crate::control::state::State;
+use crate::config::hosts::is_twilio_name;
 
 /// Exit codes of `check`.
 pub const CHECK_ALLOWED: i32 = 0;

@@ -16,10 +16,14 @@
 //!    drops that token and replays the request once with a new one, when it was buffered.
 //! 8. **response** — hop-by-hop headers dropped, everything else (Twilio's own errors too)
 //!    passed back as received, body streamed; except that a JSON page's paging links are
-//!    pointed back at the sidecar ([`crate::paging`]).
+//!    pointed back at the sidecar ([`crate::proxy::paging`]).
 //!
 //! A phase that refuses returns a [`ProxyError`]; [`Proxy::handle`] is the one place that turns
 //! it into a response, records metrics and writes the access-log line.
+
+pub mod error;
+pub mod paging;
+pub mod server;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -34,15 +38,15 @@ use hyper::body::Body as _;
 use hyper::body::Incoming;
 use tracing::{info, warn};
 
-use crate::connection_pool::{replayable, UpstreamBody};
+use crate::upstream::pool::{replayable, UpstreamBody};
 use crate::credentials::{Account, Attached};
-use crate::error::{ProxyError, UpstreamFailure};
+use crate::proxy::error::{ProxyError, UpstreamFailure};
 use crate::gate::{Gate, Trace};
 use crate::metrics::{Metrics, Series, Timing};
-use crate::paging::{rewrite_links, LinkBase, MAX_REWRITE_BODY};
-use crate::policy::Verdict;
-use crate::route::RouteSource;
-use crate::state::{SharedState, State};
+use crate::proxy::paging::{rewrite_links, LinkBase, MAX_REWRITE_BODY};
+use crate::gate::policy::Verdict;
+use crate::gate::route::RouteSource;
+use crate::control::state::{SharedState, State};
 use crate::upstream::{RequestBody, ResponseBody as Body};
 
 /// Echoed back to the app and written to the access log.
@@ -420,7 +424,7 @@ impl Proxy {
         response: Response<UpstreamBody>,
         len: u64,
         base: Option<LinkBase>,
-        hosts: &crate::route::Hosts,
+        hosts: &crate::gate::route::Hosts,
         host: &str,
     ) -> Result<Response<Body>, ProxyError> {
         let (mut parts, body) = response.into_parts();

@@ -41,7 +41,7 @@ use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower_service::Service;
 
-use crate::error::UpstreamFailure;
+use crate::proxy::error::UpstreamFailure;
 use crate::upstream::{is_tls_error, RequestBody, Resolver};
 
 /// Opens TLS connections (verified, ALPN h2 / http/1.1) to a Twilio host.

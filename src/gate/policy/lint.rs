@@ -10,8 +10,8 @@
 //! characters": intersection decides "could match", a conservative cover test decides
 //! "always matched by".
 
-use crate::catalogue::{self, Operation, TemplatePart};
-use crate::route::Hosts;
+use crate::gate::catalogue::{self, Operation, TemplatePart};
+use crate::gate::route::Hosts;
 
 use super::rule::{Effect, MethodSet, Part, Rule, SegmentPattern};
 use super::Policy;
@@ -272,8 +272,8 @@ fn cover(d: &[Tok], a: &[Tok]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::Mode;
-    use crate::twilio_hosts::TWILIO_PRODUCT_HOSTS;
+    use crate::gate::policy::Mode;
+    use crate::config::hosts::TWILIO_PRODUCT_HOSTS;
 
     const SID: &str = "AC00000000000000000000000000000001";
 

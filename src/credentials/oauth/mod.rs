@@ -11,6 +11,8 @@
 //!
 //! The fetcher, clock and jitter are injected, so tests control time instead of sleeping.
 
+pub mod fetcher;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

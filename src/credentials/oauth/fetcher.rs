@@ -12,8 +12,8 @@ use http::{header, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use secrecy::{ExposeSecret, SecretString};
 
-use super::oauth::{FetchError, TokenFetcher};
-use crate::error::UpstreamFailure;
+use super::{FetchError, TokenFetcher};
+use crate::proxy::error::UpstreamFailure;
 use crate::upstream::Upstream;
 
 /// Twilio's token endpoint.

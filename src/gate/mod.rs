@@ -2,16 +2,21 @@
 //! generation: route, canonical path, policy, account. No I/O and no secrets, so the proxy and
 //! `twilio-sidecar check` run exactly the same code.
 
+pub mod catalogue;
+pub mod policy;
+pub mod request_path;
+pub mod route;
+
 use std::path::Path;
 
 use http::request::Parts;
 
 use crate::config::reader::Diagnostic;
 use crate::config::Config;
-use crate::error::ProxyError;
-use crate::policy::{Decision, Policy, Verdict};
-use crate::request_path::CanonicalPath;
-use crate::route::{HostId, Hosts, Route, Router};
+use crate::proxy::error::ProxyError;
+use crate::gate::policy::{Decision, Policy, Verdict};
+use crate::gate::request_path::CanonicalPath;
+use crate::gate::route::{HostId, Hosts, Route, Router};
 
 /// Routing, policy and the account list of one config generation.
 #[derive(Debug)]
@@ -209,9 +214,9 @@ impl Gate {
         })
     }
 
-    /// Policy lint warnings (see [`crate::policy::lint`]), keyed by where each rule came from.
+    /// Policy lint warnings (see [`crate::gate::policy::lint`]), keyed by where each rule came from.
     pub fn lint(&self) -> Vec<Diagnostic> {
-        crate::policy::lint::lint(&self.policy, &self.router.hosts)
+        crate::gate::policy::lint::lint(&self.policy, &self.router.hosts)
             .into_iter()
             .map(|f| Diagnostic {
                 key: f

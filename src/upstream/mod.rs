@@ -1,10 +1,12 @@
 //! The connection to Twilio: verified TLS only, pooled per serving thread
-//! ([`crate::connection_pool`]).
+//! ([`crate::upstream::pool`]).
 //!
 //! Trust is the webpki roots plus `upstream.ca_file`; ALPN offers h2 and http/1.1. With
 //! `upstream.connect_to` every connection goes to that one socket address, but the URI (and so
 //! SNI and certificate name verification) still carries the Twilio host: a stand-in must hold a
 //! certificate for the real name, signed by a CA the sidecar was told to trust.
+
+pub mod pool;
 
 use std::future::Future;
 use std::io;
@@ -25,8 +27,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
 use crate::config::UpstreamConfig;
-use crate::connection_pool::{ConnectionPool, UpstreamBody};
-use crate::error::UpstreamFailure;
+use crate::upstream::pool::{ConnectionPool, UpstreamBody};
+use crate::proxy::error::UpstreamFailure;
 
 /// Request bodies to Twilio: the app's, streamed under the body limit, or bytes the sidecar
 /// holds (a buffered body, a token request).

@@ -30,8 +30,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::reload::Reloader;
-use crate::state::SharedState;
+use crate::control::reload::Reloader;
+use crate::control::state::SharedState;
 
 /// However busy a watched file is, a reload starts at most this long after the first change.
 pub const MAX_WINDOW: Duration = Duration::from_secs(1);

@@ -153,7 +153,7 @@ mod tests {
         hosts.sort_unstable();
         hosts.dedup();
         assert_eq!(hosts, {
-            let mut h = crate::twilio_hosts::TWILIO_PRODUCT_HOSTS.to_vec();
+            let mut h = crate::config::hosts::TWILIO_PRODUCT_HOSTS.to_vec();
             h.sort_unstable();
             h
         });

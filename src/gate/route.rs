@@ -11,8 +11,8 @@ use http::request::Parts;
 use http::uri::Authority;
 use http::{header, Method, Version};
 
-use crate::error::ProxyError;
-use crate::twilio_hosts::{is_twilio_name, is_valid_dns_name};
+use crate::proxy::error::ProxyError;
+use crate::config::hosts::{is_twilio_name, is_valid_dns_name};
 
 /// Index of an allowed host in [`Hosts`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -14,8 +14,8 @@ use serde_json::json;
 
 use crate::credentials::Credential;
 use crate::metrics::Metrics;
-use crate::reload::Reloader;
-use crate::state::SharedState;
+use crate::control::reload::Reloader;
+use crate::control::state::SharedState;
 use crate::upstream::ResponseBody as Body;
 
 /// Admin endpoints over the shared state.
@@ -96,7 +96,7 @@ impl Admin {
             let _one_at_a_time = CATCHING_UP
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let resent = crate::connection_pool::streams_resent();
+            let resent = crate::upstream::pool::streams_resent();
             let counted = self.metrics.upstream_streams_resent.get();
             if resent > counted {
                 self.metrics

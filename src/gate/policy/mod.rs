@@ -12,7 +12,7 @@ pub mod rule;
 
 use http::Method;
 
-use crate::route::{HostId, Hosts};
+use crate::gate::route::{HostId, Hosts};
 use matcher::Matcher;
 pub use rule::{parse_rule, Effect, MethodSet, Rule, RuleError};
 
@@ -101,7 +101,7 @@ impl Policy {
     }
 
     /// The decision for one request, given its decoded path segments
-    /// ([`crate::request_path::CanonicalPath::segment_array`]). Allocation-free.
+    /// ([`crate::gate::request_path::CanonicalPath::segment_array`]). Allocation-free.
     pub fn decide(&self, method: &Method, host: HostId, segments: &[&str]) -> Decision {
         let verdict = match MethodSet::bit(method) {
             Some(bit) => self.verdict(bit, host, segments),
@@ -189,7 +189,7 @@ mod tests {
     }
 
     fn decide(p: &Policy, h: &Hosts, method: Method, host: &str, path: &str) -> Decision {
-        let path = crate::request_path::CanonicalPath::parse(path).unwrap();
+        let path = crate::gate::request_path::CanonicalPath::parse(path).unwrap();
         p.decide(
             &method,
             h.lookup(host).unwrap(),

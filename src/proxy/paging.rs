@@ -12,7 +12,7 @@ use http::HeaderValue;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::route::{Hosts, RouteSource};
+use crate::gate::route::{Hosts, RouteSource};
 
 /// Larger JSON bodies are not buffered for rewriting.
 pub const MAX_REWRITE_BODY: u64 = 4 * 1024 * 1024;

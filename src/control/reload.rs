@@ -16,7 +16,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, ConfigError, SecretSource};
 use crate::metrics::Metrics;
-use crate::state::{SharedState, State};
+use crate::control::state::{SharedState, State};
 
 /// Rebuilds and swaps the shared state.
 #[derive(Debug)]

@@ -2,14 +2,16 @@
 //! a demo policy and fake credentials. Works offline; like `vault server -dev`, never for
 //! production.
 
+pub mod stand_in;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 
 use crate::app::{Sidecar, StartError};
 use crate::config::Config;
-use crate::stand_in::StandIn;
-use crate::twilio_hosts::TWILIO_PRODUCT_HOSTS;
+use crate::dev::stand_in::StandIn;
+use crate::config::hosts::TWILIO_PRODUCT_HOSTS;
 
 /// The fake account of the demo config.
 pub const DEV_ACCOUNT_SID: &str = "AC0123456789abcdef0123456789abcdef";

@@ -11,7 +11,7 @@
 
 use http::Method;
 
-use crate::route::{HostId, Hosts};
+use crate::gate::route::{HostId, Hosts};
 
 /// Whether a rule allows or denies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
