@@ -9,12 +9,12 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::Request;
 use regex::RegexSet;
+use twilio_sidecar::config::hosts::TWILIO_PRODUCT_HOSTS;
 use twilio_sidecar::config::Config;
-use twilio_sidecar::gate::{Gate, Trace};
 use twilio_sidecar::gate::policy::{Mode, Policy};
 use twilio_sidecar::gate::request_path::CanonicalPath;
 use twilio_sidecar::gate::route::Hosts;
-use twilio_sidecar::config::hosts::TWILIO_PRODUCT_HOSTS;
+use twilio_sidecar::gate::{Gate, Trace};
 
 const SID: &str = "AC0123456789abcdef0123456789abcdef";
 

@@ -28,14 +28,14 @@ use rustls_pki_types::CertificateDer;
 use tokio::net::{TcpListener, UnixListener};
 use tracing::{error, info, warn};
 
-use crate::control::admin::Admin;
 use crate::config::reader::Diagnostic;
 use crate::config::{Config, ConfigError};
-use crate::metrics::Metrics;
-use crate::proxy::Proxy;
+use crate::control::admin::Admin;
 use crate::control::reload::{publish_state_metrics, Reloader};
-use crate::proxy::server::{hand_off, serve, Handoff, ServerOptions};
 use crate::control::state::{SharedState, State};
+use crate::metrics::Metrics;
+use crate::proxy::server::{hand_off, serve, Handoff, ServerOptions};
+use crate::proxy::Proxy;
 
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
@@ -74,16 +74,18 @@ impl Sidecar {
         let extra_roots = Arc::new(extra_roots);
         let roots = extra_roots.clone();
         let path = config.path.clone();
-        let state =
-            tokio::task::spawn_blocking(move || State::build(config, warnings, &roots, None))
-                .await
-                .map_err(|e| ConfigError::single("<startup>", e.to_string()))??;
+        let upstream_metrics = metrics.upstream.clone();
+        let state = tokio::task::spawn_blocking(move || {
+            State::build(config, warnings, &roots, &upstream_metrics, None)
+        })
+        .await
+        .map_err(|e| ConfigError::single("<startup>", e.to_string()))??;
         for w in &state.warnings {
             warn!(warning = %w, "config warning");
         }
         publish_state_metrics(&metrics, &state, None, "startup");
         // OAuth token caches begin fetching now, before the listeners accept anything.
-        state.start_background(&metrics);
+        state.start_background(&metrics.oauth);
 
         let bind = |what: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)

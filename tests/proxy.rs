@@ -7,8 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use http::StatusCode;
-use twilio_sidecar::dev::stand_in::{Reply, StandIn, ThrowawayPki};
 use twilio_sidecar::config::hosts::TWILIO_PRODUCT_HOSTS;
+use twilio_sidecar::dev::stand_in::{Reply, StandIn, ThrowawayPki};
 
 fn messages_path(sid: &str) -> String {
     format!("/2010-04-01/Accounts/{sid}/Messages.json")

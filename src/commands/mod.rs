@@ -6,15 +6,17 @@ use std::path::Path;
 
 use http::{header, HeaderValue, Method, Request, Uri};
 
-use crate::gate::catalogue;
+use crate::config::hosts::is_twilio_name;
 use crate::config::reader::Diagnostic;
 use crate::config::{Config, CredentialConfig, SecretSource, EXIT_CONFIG};
-use crate::gate::{Gate, Trace};
+use crate::control::state::State;
+use crate::gate::catalogue;
 use crate::gate::policy::Verdict;
 use crate::gate::request_path::CanonicalPath;
 use crate::gate::route::RouteSource;
-use crate::control::state::State;
-use crate::config::hosts::is_twilio_name;
+use crate::gate::{Gate, Trace};
+use crate::metrics::UpstreamMetrics;
+use crate::proxy::error::ProxyError;
 
 /// Exit codes of `check`.
 pub const CHECK_ALLOWED: i32 = 0;
@@ -106,7 +108,8 @@ pub fn check(config_path: &Path, method: &str, url: &str) -> (String, i32) {
                 CHECK_ALLOWED
             }
         }
-        Err(e) => {
+        Err(refusal) => {
+            let e = ProxyError::from(refusal);
             let label = trace.decision.map_or("refused", |d| d.label());
             let _ = writeln!(out, "decision: {label}");
             let _ = writeln!(
@@ -201,7 +204,8 @@ pub fn validate(config_path: &Path, skip_secrets: bool) -> (String, i32) {
             Err(problems) => problems,
         }
     } else {
-        match State::build(config, Vec::new(), &[], None) {
+        let metrics = std::sync::Arc::new(UpstreamMetrics::detached());
+        match State::build(config, Vec::new(), &[], &metrics, None) {
             Ok(state) => {
                 warnings.extend(state.warnings);
                 Vec::new()

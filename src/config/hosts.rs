@@ -76,6 +76,36 @@ pub fn is_valid_dns_name(host: &str) -> bool {
         })
 }
 
+/// Why `upstream.allowed_hosts` cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostNameError {
+    #[error("{0:?} is not a Twilio host name (a DNS name under twilio.com)")]
+    NotTwilio(String),
+    #[error("{0} allowed hosts is too many; list at most 65535")]
+    TooMany(usize),
+}
+
+/// Checks an allowlist: every name must be a DNS name under twilio.com. Returns the names
+/// lower-cased, duplicates dropped, in their first order.
+pub fn check_allowed_hosts<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<String>, HostNameError> {
+    let mut out: Vec<String> = Vec::new();
+    for name in names {
+        let lower = name.to_ascii_lowercase();
+        if !is_valid_dns_name(&lower) || !is_twilio_name(&lower) {
+            return Err(HostNameError::NotTwilio(name.to_string()));
+        }
+        if !out.contains(&lower) {
+            out.push(lower);
+        }
+    }
+    if out.len() > usize::from(u16::MAX) {
+        return Err(HostNameError::TooMany(out.len()));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,19 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::reader::{describe, Diagnostics, Section};
 
+/// Why a secret could not be read. Messages name the source, never a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error("environment variable {0} is not set")]
+    EnvNotSet(String),
+    #[error("environment variable {0} is not valid UTF-8")]
+    EnvNotUnicode(String),
+    #[error("cannot read {}: {reason}", path.display())]
+    Unreadable { path: PathBuf, reason: String },
+    #[error("{0} is empty")]
+    Empty(String),
+}
+
 /// A secret's source.
 #[derive(Clone)]
 pub enum SecretSource {
@@ -29,23 +42,23 @@ impl std::fmt::Debug for SecretSource {
 impl SecretSource {
     /// Reads the value now. Surrounding whitespace (a file's trailing newline) is dropped; an
     /// empty value is an error, since it is always a mistake (or a file caught mid-write).
-    pub fn read(&self) -> Result<SecretString, String> {
+    pub fn read(&self) -> Result<SecretString, SecretError> {
         let value = match self {
             SecretSource::Env(name) => std::env::var(name).map_err(|e| match e {
-                std::env::VarError::NotPresent => {
-                    format!("environment variable {name} is not set")
-                }
-                std::env::VarError::NotUnicode(_) => {
-                    format!("environment variable {name} is not valid UTF-8")
-                }
+                std::env::VarError::NotPresent => SecretError::EnvNotSet(name.clone()),
+                std::env::VarError::NotUnicode(_) => SecretError::EnvNotUnicode(name.clone()),
             })?,
-            SecretSource::File(path) => std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+            SecretSource::File(path) => {
+                std::fs::read_to_string(path).map_err(|e| SecretError::Unreadable {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?
+            }
             SecretSource::Inline(s) => s.expose_secret().to_string(),
         };
         let trimmed = value.trim();
         if trimmed.is_empty() {
-            return Err(format!("{} is empty", self.origin()));
+            return Err(SecretError::Empty(self.origin()));
         }
         Ok(SecretString::from(trimmed.to_string()))
     }
@@ -150,7 +163,11 @@ mod tests {
         let v = SecretSource::File(p.clone()).read().unwrap();
         assert_eq!(v.expose_secret(), "s3cr3t");
         std::fs::write(&p, "\n").unwrap();
-        assert!(SecretSource::File(p).read().unwrap_err().contains("empty"));
+        assert!(SecretSource::File(p)
+            .read()
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
         assert!(SecretSource::File(dir.path().join("missing"))
             .read()
             .is_err());

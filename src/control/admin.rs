@@ -12,10 +12,10 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use serde_json::json;
 
-use crate::credentials::Credential;
-use crate::metrics::Metrics;
 use crate::control::reload::Reloader;
 use crate::control::state::SharedState;
+use crate::credentials::Credential;
+use crate::metrics::Metrics;
 use crate::upstream::ResponseBody as Body;
 
 /// Admin endpoints over the shared state.
@@ -87,28 +87,15 @@ impl Admin {
         let state = self.state.load();
         let reusable = state.upstream.reusable_connections();
         self.metrics
-            .upstream_reusable
+            .upstream
+            .reusable
             .set(i64::try_from(reusable).unwrap_or(i64::MAX));
-        // The pools count resends themselves; the counter catches up to them here, one scrape
-        // at a time so two concurrent scrapes cannot both add the same difference.
-        static CATCHING_UP: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        {
-            let _one_at_a_time = CATCHING_UP
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let resent = crate::upstream::pool::streams_resent();
-            let counted = self.metrics.upstream_streams_resent.get();
-            if resent > counted {
-                self.metrics
-                    .upstream_streams_resent
-                    .inc_by(resent - counted);
-            }
-        }
         for account in &state.accounts {
             if let Credential::OAuth(cache) = &account.credential {
                 let gauge = self
                     .metrics
-                    .oauth_seconds_until_expiry
+                    .oauth
+                    .seconds_until_expiry
                     .with_label_values(&[&account.sid]);
                 match cache.seconds_until_expiry() {
                     Some(s) => gauge.set(s),

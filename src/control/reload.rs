@@ -15,8 +15,8 @@ use rustls_pki_types::CertificateDer;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, ConfigError, SecretSource};
-use crate::metrics::Metrics;
 use crate::control::state::{SharedState, State};
+use crate::metrics::Metrics;
 
 /// Rebuilds and swaps the shared state.
 #[derive(Debug)]
@@ -59,15 +59,13 @@ impl Reloader {
                 "<dev>",
                 "this sidecar's config was built in (dev mode); there is no file to reload",
             );
-            self.metrics
-                .reloads
-                .with_label_values(&[trigger, "failure"])
-                .inc();
+            self.metrics.reload.reload(trigger, "failure");
             return Err(err);
         };
         let previous = self.shared.load();
         let roots = self.extra_roots.clone();
         let prev = previous.clone();
+        let upstream_metrics = self.metrics.upstream.clone();
         let last = self.loaded.lock().map(|l| *l).unwrap_or(None);
         // A file event is only a hint: skip it when the inputs read the same. Explicit
         // triggers (SIGHUP, POST /reload) always rebuild.
@@ -78,7 +76,8 @@ impl Reloader {
                 return Ok(None);
             }
             let (config, warnings) = Config::load(&path)?;
-            State::build(config, warnings, &roots, Some(&prev)).map(|s| Some((s, inputs)))
+            State::build(config, warnings, &roots, &upstream_metrics, Some(&prev))
+                .map(|s| Some((s, inputs)))
         })
         .await
         .unwrap_or_else(|e| {
@@ -111,17 +110,14 @@ impl Reloader {
                     warn!(warning = %w, "config warning");
                 }
                 let generation = state.generation;
-                state.start_background(&self.metrics);
+                state.start_background(&self.metrics.oauth);
                 publish_state_metrics(&self.metrics, &state, Some(&previous), trigger);
                 self.shared.store(state);
                 info!(generation, trigger, "config reloaded");
                 Ok(generation)
             }
             Err(e) => {
-                self.metrics
-                    .reloads
-                    .with_label_values(&[trigger, "failure"])
-                    .inc();
+                self.metrics.reload.reload(trigger, "failure");
                 error!(trigger, error = %e, "config reload failed; still serving the previous config");
                 Err(e)
             }
@@ -138,7 +134,8 @@ pub fn publish_state_metrics(
     previous: Option<&State>,
     trigger: &'static str,
 ) {
-    metrics.state_generation.set(state.generation as i64);
+    let (proxy, reload) = (&metrics.proxy, &metrics.reload);
+    reload.state_generation.set(state.generation as i64);
     let labels = |s: &State| -> Vec<(&'static str, String)> {
         s.gate
             .policy
@@ -151,29 +148,24 @@ pub fn publish_state_metrics(
     if let Some(previous) = previous {
         for (effect, text) in labels(previous) {
             if !current.iter().any(|(e, t)| *e == effect && *t == text) {
-                metrics.retire_rule(effect, &text);
+                proxy.retire_rule(effect, &text);
             }
         }
     }
     for (effect, text) in &current {
-        metrics
-            .rule_hits
-            .with_label_values(&[effect, text.as_str()]);
+        proxy.declare_rule(effect, text);
     }
     for account in state.accounts.iter() {
-        metrics
+        reload
             .credential_generation
             .with_label_values(&[&account.sid])
             .set(account.credential_generation as i64);
     }
-    metrics
-        .reloads
-        .with_label_values(&[trigger, "success"])
-        .inc();
+    reload.reload(trigger, "success");
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
-    metrics.last_reload_success.set(now);
+    reload.last_success.set(now);
 }
 
 /// A hash of everything a reload reads: the config file, each file it references and each

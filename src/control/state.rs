@@ -17,7 +17,7 @@ use crate::config::reader::Diagnostic;
 use crate::config::{Config, ConfigError};
 use crate::credentials::{Account, Credential, LoadContext};
 use crate::gate::Gate;
-use crate::metrics::Metrics;
+use crate::metrics::{OAuthMetrics, UpstreamMetrics};
 use crate::upstream::Upstream;
 
 /// Everything a request needs, for one config generation.
@@ -42,6 +42,7 @@ impl State {
         config: Config,
         mut warnings: Vec<Diagnostic>,
         extra_roots: &[CertificateDer<'static>],
+        upstream_metrics: &Arc<UpstreamMetrics>,
         previous: Option<&State>,
     ) -> Result<State, ConfigError> {
         let file = config
@@ -59,7 +60,12 @@ impl State {
                 upstream_unchanged = true;
                 Some(old.clone())
             }
-            _ => match Upstream::new(&config.upstream, config.workers, extra_roots) {
+            _ => match Upstream::with_metrics(
+                &config.upstream,
+                config.workers,
+                extra_roots,
+                upstream_metrics.clone(),
+            ) {
                 Ok(u) => Some(Arc::new(u)),
                 Err(e) => {
                     problems.push(Diagnostic {
@@ -119,7 +125,7 @@ impl State {
 
     /// Starts what this state runs in the background (OAuth token refreshers). Idempotent: a
     /// cache kept from the previous generation is already running.
-    pub fn start_background(&self, metrics: &Arc<Metrics>) {
+    pub fn start_background(&self, metrics: &Arc<OAuthMetrics>) {
         for account in &self.accounts {
             if let Credential::OAuth(cache) = &account.credential {
                 cache.start(Some(metrics.clone()));

@@ -7,28 +7,30 @@
 //! together and stored in one value, so a request can never pair a SID from one generation with
 //! a secret from another. OAuth2 accounts attach a bearer token from their [`oauth::TokenCache`].
 
+mod basic;
 pub mod oauth;
 
+pub use basic::BasicCredential;
 
 use std::sync::Arc;
 
-use base64::Engine;
 use http::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::reader::Diagnostic;
 use crate::config::{is_sid, AccountConfig, CredentialConfig, SecretSource};
+use crate::config::{OAuthSettings, TokenUrlError};
 use crate::upstream::Upstream;
-use oauth::{ClientCredentials, NoToken, OAuthSettings, SystemClock, TokenCache};
 use oauth::fetcher::HttpTokenFetcher;
+use oauth::{ClientCredentials, NoToken, SystemClock, TokenCache};
 
-/// A Basic credential, ready to attach.
-#[derive(Clone)]
-pub struct BasicCredential {
-    kind: &'static str,
-    /// The Basic username: the API key SID (`SK…`) or the account SID (`AC…`). Not a secret.
-    username: Box<str>,
-    authorization: HeaderValue,
+/// Why a credential could not be built from values that were read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialError {
+    #[error("the credential holds characters an Authorization header cannot carry; check the secret's value")]
+    NotAHeader,
+    #[error(transparent)]
+    TokenUrl(#[from] TokenUrlError),
 }
 
 /// One account's credential.
@@ -41,12 +43,7 @@ pub enum Credential {
 impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Credential::Basic(b) => f
-                .debug_struct("Credential")
-                .field("kind", &b.kind)
-                .field("username", &b.username)
-                .field("authorization", &"[redacted]")
-                .finish(),
+            Credential::Basic(b) => b.fmt(f),
             Credential::OAuth(cache) => f.debug_tuple("Credential::OAuth").field(cache).finish(),
         }
     }
@@ -76,20 +73,8 @@ impl Credential {
         kind: &'static str,
         username: &str,
         secret: &SecretString,
-    ) -> Result<Self, String> {
-        let mut raw = String::with_capacity(username.len() + 1 + secret.expose_secret().len());
-        raw.push_str(username);
-        raw.push(':');
-        raw.push_str(secret.expose_secret());
-        let encoded = base64::engine::general_purpose::STANDARD.encode(raw.as_bytes());
-        let mut authorization = HeaderValue::try_from(format!("Basic {encoded}"))
-            .map_err(|_| "the credential cannot be sent in a header".to_string())?;
-        authorization.set_sensitive(true);
-        Ok(Credential::Basic(BasicCredential {
-            kind,
-            username: username.into(),
-            authorization,
-        }))
+    ) -> Result<Self, CredentialError> {
+        BasicCredential::new(kind, username, secret).map(Credential::Basic)
     }
 
     /// Reads the sources of the account's credential (files, env) and builds it. Errors name
@@ -103,10 +88,10 @@ impl Credential {
         let mut errors = Vec::new();
         let mut read = |name: &str, source: &SecretSource| match source.read() {
             Ok(v) => Some(v),
-            Err(message) => {
+            Err(e) => {
                 errors.push(Diagnostic {
                     key: format!("{key}.{name}"),
-                    message,
+                    message: e.to_string(),
                 });
                 None
             }
@@ -159,10 +144,10 @@ impl Credential {
         };
         match built {
             Some(Ok(c)) if errors.is_empty() => Ok(c),
-            Some(Err(message)) => {
+            Some(Err(e)) => {
                 errors.push(Diagnostic {
                     key: key.to_string(),
-                    message,
+                    message: e.to_string(),
                 });
                 Err(errors)
             }
@@ -174,7 +159,7 @@ impl Credential {
         account: &str,
         client: ClientCredentials,
         ctx: &LoadContext<'_>,
-    ) -> Result<Credential, String> {
+    ) -> Result<Credential, CredentialError> {
         if let Some(Credential::OAuth(old)) = ctx.previous {
             if ctx.upstream_unchanged && old.same_client(&client, ctx.oauth) {
                 return Ok(Credential::OAuth(old.clone()));
@@ -269,6 +254,7 @@ pub struct Account {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
 
     #[test]
     fn debug_and_header_hide_the_secret() {

@@ -9,9 +9,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use crate::app::{Sidecar, StartError};
+use crate::config::hosts::TWILIO_PRODUCT_HOSTS;
 use crate::config::Config;
 use crate::dev::stand_in::StandIn;
-use crate::config::hosts::TWILIO_PRODUCT_HOSTS;
 
 /// The fake account of the demo config.
 pub const DEV_ACCOUNT_SID: &str = "AC0123456789abcdef0123456789abcdef";

@@ -4,6 +4,7 @@
 
 pub mod catalogue;
 pub mod policy;
+mod refusal;
 pub mod request_path;
 pub mod route;
 
@@ -13,10 +14,10 @@ use http::request::Parts;
 
 use crate::config::reader::Diagnostic;
 use crate::config::Config;
-use crate::proxy::error::ProxyError;
 use crate::gate::policy::{Decision, Policy, Verdict};
 use crate::gate::request_path::CanonicalPath;
 use crate::gate::route::{HostId, Hosts, Route, Router};
+pub use refusal::Refusal;
 
 /// Routing, policy and the account list of one config generation.
 #[derive(Debug)]
@@ -66,10 +67,10 @@ impl Gate {
         let mut problems = Vec::new();
         let hosts = match Hosts::new(config.upstream.allowed_hosts.iter().map(String::as_str)) {
             Ok(h) => h,
-            Err(message) => {
+            Err(e) => {
                 return Err(vec![Diagnostic {
                     key: "upstream.allowed_hosts".into(),
-                    message,
+                    message: e.to_string(),
                 }])
             }
         };
@@ -169,11 +170,7 @@ impl Gate {
 
     /// Phases 1–4 for one request. `trace` is filled in as phases complete, so it tells how far
     /// a refused request got.
-    pub fn admit<'r>(
-        &self,
-        parts: &'r Parts,
-        trace: &mut Trace,
-    ) -> Result<Admission<'r>, ProxyError> {
+    pub fn admit<'r>(&self, parts: &'r Parts, trace: &mut Trace) -> Result<Admission<'r>, Refusal> {
         // Phase 1: route.
         let route = self.router.route(parts)?;
         trace.host = Some(route.host);
@@ -181,7 +178,7 @@ impl Gate {
 
         // Phase 2: canonical path.
         let path = CanonicalPath::parse(route.path)
-            .map_err(|e| ProxyError::NonCanonicalPath(e.to_string()))?;
+            .map_err(|e| Refusal::NonCanonicalPath(e.to_string()))?;
         let segments = path.segment_array();
 
         // Phase 3: policy.
@@ -190,7 +187,7 @@ impl Gate {
             .decide(&parts.method, route.host, segments.as_slice());
         trace.decision = Some(decision);
         if !decision.forward {
-            return Err(ProxyError::Denied {
+            return Err(Refusal::Denied {
                 method: parts.method.clone(),
                 host: self.router.hosts.name(route.host).to_string(),
                 path: route.path.to_string(),
@@ -204,7 +201,7 @@ impl Gate {
                 .sids
                 .iter()
                 .position(|s| **s == *sid)
-                .ok_or_else(|| ProxyError::UnknownAccount(sid.to_string()))?,
+                .ok_or_else(|| Refusal::UnknownAccount(sid.to_string()))?,
             None => self.default_account,
         };
         Ok(Admission {

@@ -11,8 +11,8 @@ use http::request::Parts;
 use http::uri::Authority;
 use http::{header, Method, Version};
 
-use crate::proxy::error::ProxyError;
-use crate::config::hosts::{is_twilio_name, is_valid_dns_name};
+use super::refusal::Refusal;
+use crate::config::hosts::{check_allowed_hosts, is_twilio_name, HostNameError};
 
 /// Index of an allowed host in [`Hosts`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -28,28 +28,16 @@ pub struct Hosts {
 
 impl Hosts {
     /// Builds the set; names must be valid DNS names under twilio.com.
-    pub fn new<'a>(names: impl Iterator<Item = &'a str>) -> Result<Hosts, String> {
-        let mut out: Vec<Box<str>> = Vec::new();
-        for name in names {
-            let lower = name.to_ascii_lowercase();
-            if !is_valid_dns_name(&lower) || !is_twilio_name(&lower) {
-                return Err(format!(
-                    "{name:?} is not a Twilio host name (a DNS name under twilio.com)"
-                ));
-            }
-            if !out.iter().any(|n| **n == *lower) {
-                out.push(lower.into());
-            }
-        }
-        if out.len() > u16::MAX as usize {
-            return Err("too many allowed hosts".into());
-        }
-        let authorities = out
+    pub fn new<'a>(names: impl Iterator<Item = &'a str>) -> Result<Hosts, HostNameError> {
+        let names = check_allowed_hosts(names)?;
+        let authorities = names
             .iter()
-            .map(|n| Authority::try_from(&**n).map_err(|e| format!("{n:?}: {e}")))
+            .map(|n| {
+                Authority::try_from(n.as_str()).map_err(|_| HostNameError::NotTwilio(n.clone()))
+            })
             .collect::<Result<_, _>>()?;
         Ok(Hosts {
-            names: out,
+            names: names.into_iter().map(String::into_boxed_str).collect(),
             authorities,
         })
     }
@@ -121,9 +109,9 @@ fn forwarded_method(method: &Method) -> bool {
 
 impl Router {
     /// Decides the target of `req`, or refuses it.
-    pub fn route<'r>(&self, req: &'r Parts) -> Result<Route<'r>, ProxyError> {
+    pub fn route<'r>(&self, req: &'r Parts) -> Result<Route<'r>, Refusal> {
         if !forwarded_method(&req.method) {
-            return Err(ProxyError::MethodNotAllowed(req.method.to_string()));
+            return Err(Refusal::MethodNotAllowed(req.method.to_string()));
         }
         let uri = &req.uri;
         let path = uri.path();
@@ -132,12 +120,12 @@ impl Router {
         let mut host_values = req.headers.get_all(header::HOST).iter();
         let host_header = host_values.next();
         if host_values.next().is_some() {
-            return Err(ProxyError::BadTarget("more than one Host header".into()));
+            return Err(Refusal::BadTarget("more than one Host header".into()));
         }
         let host_header = match host_header {
             Some(v) => Some(
                 v.to_str()
-                    .map_err(|_| ProxyError::BadTarget("the Host header is not ASCII".into()))?,
+                    .map_err(|_| Refusal::BadTarget("the Host header is not ASCII".into()))?,
             ),
             None => None,
         };
@@ -149,7 +137,7 @@ impl Router {
             Some(a) => {
                 if let Some(h) = host_header {
                     if !same_authority_host(h, a.as_str()) {
-                        return Err(ProxyError::BadTarget(":authority and Host disagree".into()));
+                        return Err(Refusal::BadTarget(":authority and Host disagree".into()));
                     }
                 }
                 (None, Some(a.as_str()))
@@ -161,7 +149,7 @@ impl Router {
             match uri.scheme_str() {
                 Some("http") | Some("https") => {}
                 _ => {
-                    return Err(ProxyError::BadTarget(
+                    return Err(Refusal::BadTarget(
                         "absolute-form targets must use http or https".into(),
                     ))
                 }
@@ -169,7 +157,7 @@ impl Router {
             let host = authority_host(authority, true)?;
             if let Some(h) = host_header {
                 if !same_authority_host(h, authority) {
-                    return Err(ProxyError::BadTarget(format!(
+                    return Err(Refusal::BadTarget(format!(
                         "the absolute-form target names {host} but the Host header disagrees"
                     )));
                 }
@@ -204,7 +192,7 @@ impl Router {
         };
         if first.contains('.') && is_twilio_name(first.trim_end_matches('.')) {
             if first.ends_with('.') {
-                return Err(ProxyError::BadTarget(format!(
+                return Err(Refusal::BadTarget(format!(
                     "host {first:?} in the path has a trailing dot"
                 )));
             }
@@ -225,14 +213,14 @@ impl Router {
         })
     }
 
-    fn allowed(&self, host: &str) -> Result<HostId, ProxyError> {
+    fn allowed(&self, host: &str) -> Result<HostId, Refusal> {
         self.hosts.lookup(host).ok_or_else(|| {
             if is_twilio_name(host) {
-                ProxyError::HostNotAllowed(format!(
+                Refusal::HostNotAllowed(format!(
                     "host {host} is not in the sidecar's upstream.allowed_hosts"
                 ))
             } else {
-                ProxyError::HostNotAllowed(format!(
+                Refusal::HostNotAllowed(format!(
                     "host {host} is not a Twilio host; twilio-sidecar is not an open proxy"
                 ))
             }
@@ -242,26 +230,26 @@ impl Router {
 
 /// The host part of `host[:port]`, validated. Userinfo and trailing dots are refused; in
 /// absolute form only the default ports are accepted, since the upstream port is the sidecar's.
-fn authority_host(authority: &str, absolute: bool) -> Result<&str, ProxyError> {
+fn authority_host(authority: &str, absolute: bool) -> Result<&str, Refusal> {
     if authority.contains('@') {
-        return Err(ProxyError::BadTarget(
+        return Err(Refusal::BadTarget(
             "userinfo ('@') in the request target or Host is not accepted".into(),
         ));
     }
     let (host, port) = split_port(authority);
     if host.is_empty() {
-        return Err(ProxyError::BadTarget("empty host".into()));
+        return Err(Refusal::BadTarget("empty host".into()));
     }
     if let Some(port) = port {
         let valid = port.parse::<u16>().is_ok();
         if !valid || (absolute && port != "80" && port != "443") {
-            return Err(ProxyError::BadTarget(format!(
+            return Err(Refusal::BadTarget(format!(
                 "port {port:?} in the request target is not accepted"
             )));
         }
     }
     if is_twilio_name(host.trim_end_matches('.')) && host.ends_with('.') {
-        return Err(ProxyError::BadTarget(format!(
+        return Err(Refusal::BadTarget(format!(
             "host {host:?} has a trailing dot"
         )));
     }

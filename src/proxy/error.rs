@@ -21,66 +21,24 @@
 //! | 79504 | 504 | Twilio did not answer within `upstream.request_timeout` |
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Response, StatusCode};
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::gate::Refusal;
+use crate::upstream::UpstreamFailure;
 use http_body_util::Full;
 
 /// Where Twilio documents its own codes; sidecar codes are documented in the README instead.
 const TWILIO_ERRORS_URL: &str = "https://www.twilio.com/docs/errors/";
 
-/// Why the upstream call failed; also the `kind` label of the upstream error metric.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamFailure {
-    /// TCP connect failed or was refused.
-    Connect,
-    /// The TLS handshake failed, certificate verification included.
-    Tls,
-    /// No response headers within the request timeout.
-    Timeout,
-    /// The connection broke or the peer spoke bad HTTP.
-    Protocol,
-}
-
-impl UpstreamFailure {
-    /// Metric label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UpstreamFailure::Connect => "connect",
-            UpstreamFailure::Tls => "tls",
-            UpstreamFailure::Timeout => "timeout",
-            UpstreamFailure::Protocol => "protocol",
-        }
-    }
-}
-
 /// A request the sidecar answers itself instead of forwarding.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    /// No allow rule matched, or a deny rule did.
-    #[error("{method} {host}{path} was refused by the twilio-sidecar policy ({reason})")]
-    Denied {
-        method: Method,
-        host: String,
-        path: String,
-        reason: String,
-    },
-    /// The path failed the canonical-or-refuse check.
-    #[error("the request path was refused because it is not canonical: {0}")]
-    NonCanonicalPath(String),
-    /// Bad or ambiguous request target / Host.
-    #[error("the request target was refused: {0}")]
-    BadTarget(String),
+    /// The admission phases (route, canonical path, policy, account) refused it.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// The app's request body broke off or exceeded what it announced.
     #[error("the request body could not be read: {0}")]
     BadBody(String),
-    /// The request names a host outside `upstream.allowed_hosts`.
-    #[error("{0}")]
-    HostNotAllowed(String),
-    /// `/2010-04-01/Accounts/{sid}` with a SID the sidecar holds no credential for.
-    #[error("account {0} is not configured in twilio-sidecar, so it holds no credential for it")]
-    UnknownAccount(String),
-    /// A method outside GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS.
-    #[error("method {0:?} is not forwarded by twilio-sidecar; use GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS")]
-    MethodNotAllowed(String),
     /// Twilio could not be reached.
     #[error("twilio-sidecar could not reach {host}: {kind} error", kind = .kind.as_str())]
     UpstreamUnreachable { host: String, kind: UpstreamFailure },
@@ -109,13 +67,8 @@ impl ProxyError {
     /// HTTP status of the response.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::Denied { .. }
-            | ProxyError::HostNotAllowed(_)
-            | ProxyError::UnknownAccount(_) => StatusCode::FORBIDDEN,
-            ProxyError::NonCanonicalPath(_) | ProxyError::BadTarget(_) | ProxyError::BadBody(_) => {
-                StatusCode::BAD_REQUEST
-            }
-            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Refused(refusal) => refusal.status(),
+            ProxyError::BadBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::NoCredential(_) | ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
@@ -127,13 +80,8 @@ impl ProxyError {
     /// The Twilio-style error code (see the module table).
     pub fn code(&self) -> u32 {
         match self {
-            ProxyError::Denied { .. } => 70051,
-            ProxyError::NonCanonicalPath(_) => 79400,
-            ProxyError::BadTarget(_) => 79401,
+            ProxyError::Refused(refusal) => refusal.code(),
             ProxyError::BadBody(_) => 79402,
-            ProxyError::HostNotAllowed(_) => 79403,
-            ProxyError::UnknownAccount(_) => 79404,
-            ProxyError::MethodNotAllowed(_) => 79405,
             ProxyError::UpstreamUnreachable { .. } => 79502,
             ProxyError::UpstreamTimeout { .. } => 79504,
             ProxyError::NoCredential(_) => 79503,
@@ -191,12 +139,12 @@ mod tests {
 
     #[tokio::test]
     async fn denial_is_twilio_shaped() {
-        let err = ProxyError::Denied {
-            method: Method::POST,
+        let err = ProxyError::from(Refusal::Denied {
+            method: http::Method::POST,
             host: "api.twilio.com".into(),
             path: "/2010-04-01/Accounts/AC1/Calls.json".into(),
             reason: "no allow rule matches".into(),
-        };
+        });
         let response = err.to_response();
         assert_eq!(response.status(), 403);
         assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
@@ -213,12 +161,12 @@ mod tests {
     #[test]
     fn codes_are_distinct() {
         let errors = [
-            ProxyError::NonCanonicalPath(String::new()),
-            ProxyError::BadTarget(String::new()),
+            ProxyError::from(Refusal::NonCanonicalPath(String::new())),
+            ProxyError::from(Refusal::BadTarget(String::new())),
             ProxyError::BadBody(String::new()),
-            ProxyError::HostNotAllowed(String::new()),
-            ProxyError::UnknownAccount(String::new()),
-            ProxyError::MethodNotAllowed(String::new()),
+            ProxyError::from(Refusal::HostNotAllowed(String::new())),
+            ProxyError::from(Refusal::UnknownAccount(String::new())),
+            ProxyError::from(Refusal::MethodNotAllowed(String::new())),
             ProxyError::UpstreamUnreachable {
                 host: String::new(),
                 kind: UpstreamFailure::Connect,

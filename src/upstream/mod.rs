@@ -6,66 +6,43 @@
 //! SNI and certificate name verification) still carries the Twilio host: a stand-in must hold a
 //! certificate for the real name, signed by a CA the sidecar was told to trust.
 
+pub mod body;
 pub mod pool;
+pub mod tls;
 
-use std::future::Future;
-use std::io;
-use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{Either, Full, Limited};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::dns::Name;
-use hyper_util::client::legacy::connect::HttpConnector;
-use rustls::RootCertStore;
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
 use crate::config::UpstreamConfig;
-use crate::upstream::pool::{ConnectionPool, UpstreamBody};
-use crate::proxy::error::UpstreamFailure;
+use crate::metrics::UpstreamMetrics;
+pub use body::{RequestBody, ResponseBody, UpstreamBody};
+use pool::ConnectionPool;
+pub use tls::UpstreamBuildError;
 
-/// Request bodies to Twilio: the app's, streamed under the body limit, or bytes the sidecar
-/// holds (a buffered body, a token request).
-pub type RequestBody = Either<Limited<Incoming>, Full<Bytes>>;
-/// Response bodies to the app: Twilio's, streamed, or one the sidecar made.
-pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
-
-/// Resolves every Twilio host to `connect_to` when set, else through the system resolver.
-#[derive(Clone, Debug)]
-pub struct Resolver {
-    connect_to: Option<SocketAddr>,
+/// Why the upstream call failed; also the `kind` label of the upstream error metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// TCP connect failed or was refused.
+    Connect,
+    /// The TLS handshake failed, certificate verification included.
+    Tls,
+    /// No response headers within the request timeout.
+    Timeout,
+    /// The connection broke or the peer spoke bad HTTP.
+    Protocol,
 }
 
-type ResolveFuture =
-    Pin<Box<dyn Future<Output = Result<std::vec::IntoIter<SocketAddr>, io::Error>> + Send>>;
-
-impl tower_service::Service<Name> for Resolver {
-    type Response = std::vec::IntoIter<SocketAddr>;
-    type Error = io::Error;
-    type Future = ResolveFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), io::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, name: Name) -> Self::Future {
-        match self.connect_to {
-            Some(addr) => Box::pin(std::future::ready(Ok(vec![addr].into_iter()))),
-            None => {
-                let host = name.as_str().to_string();
-                Box::pin(async move {
-                    // Port 0: the connector fills in the URI's port (443).
-                    let addrs: Vec<SocketAddr> =
-                        tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-                    Ok(addrs.into_iter())
-                })
-            }
+impl UpstreamFailure {
+    /// Metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamFailure::Connect => "connect",
+            UpstreamFailure::Tls => "tls",
+            UpstreamFailure::Timeout => "timeout",
+            UpstreamFailure::Protocol => "protocol",
         }
     }
 }
@@ -75,6 +52,7 @@ pub struct Upstream {
     /// One pool per serving thread (index 0: the main runtime), so a request never waits on a
     /// connection task that lives on another thread.
     pools: Vec<Arc<ConnectionPool>>,
+    metrics: Arc<UpstreamMetrics>,
     request_timeout: Duration,
     settings: UpstreamConfig,
     ca_pem: Option<Vec<u8>>,
@@ -88,83 +66,30 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
-/// Why the client could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamBuildError {
-    #[error("cannot read CA file {path}: {source}")]
-    ReadCa { path: String, source: io::Error },
-    #[error("CA file {path} holds no usable PEM certificate: {reason}")]
-    BadCa { path: String, reason: String },
-}
-
 impl Upstream {
-    /// Builds the client. `extra_roots` are trusted beside the webpki roots and `ca_file`
-    /// (`dev` uses it for its throwaway CA).
+    /// Builds the client, counting into metrics of its own. `extra_roots` are trusted beside
+    /// the webpki roots and `ca_file` (`dev` uses it for its throwaway CA).
     pub fn new(
         settings: &UpstreamConfig,
         workers: usize,
         extra_roots: &[CertificateDer<'static>],
     ) -> Result<Upstream, UpstreamBuildError> {
-        let mut roots = RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        let ca_pem = match &settings.ca_file {
-            Some(path) => {
-                let pem = std::fs::read(path).map_err(|source| UpstreamBuildError::ReadCa {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-                let bad = |reason: String| UpstreamBuildError::BadCa {
-                    path: path.display().to_string(),
-                    reason,
-                };
-                let mut added = 0;
-                for cert in CertificateDer::pem_slice_iter(&pem) {
-                    let cert = cert.map_err(|e| bad(e.to_string()))?;
-                    roots.add(cert).map_err(|e| bad(e.to_string()))?;
-                    added += 1;
-                }
-                if added == 0 {
-                    return Err(bad("no CERTIFICATE block found".into()));
-                }
-                Some(pem)
-            }
-            None => None,
-        };
-        for cert in extra_roots {
-            // Certificates we generated ourselves; a failure here is a bug, so surface it.
-            roots
-                .add(cert.clone())
-                .map_err(|e| UpstreamBuildError::BadCa {
-                    path: "<built-in>".into(),
-                    reason: e.to_string(),
-                })?;
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| UpstreamBuildError::BadCa {
-                path: "<tls>".into(),
-                reason: e.to_string(),
-            })?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        Self::with_metrics(
+            settings,
+            workers,
+            extra_roots,
+            Arc::new(UpstreamMetrics::detached()),
+        )
+    }
 
-        let mut http = HttpConnector::new_with_resolver(Resolver {
-            connect_to: settings.connect_to,
-        });
-        // The URI scheme is https; the TLS layer on top enforces it.
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(settings.connect_timeout));
-        http.set_keepalive(Some(Duration::from_secs(60)));
-
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
+    /// Builds the client; its pools count into `metrics`, which outlive any one generation.
+    pub fn with_metrics(
+        settings: &UpstreamConfig,
+        workers: usize,
+        extra_roots: &[CertificateDer<'static>],
+        metrics: Arc<UpstreamMetrics>,
+    ) -> Result<Upstream, UpstreamBuildError> {
+        let (https, ca_pem) = tls::connector(settings, extra_roots)?;
 
         let pools = (0..=workers)
             .map(|_| {
@@ -173,12 +98,14 @@ impl Upstream {
                     settings.pool_idle_timeout,
                     settings.pool_max_idle_per_host,
                     settings.http2_max_streams,
+                    metrics.clone(),
                 ))
             })
             .collect();
 
         Ok(Upstream {
             pools,
+            metrics,
             request_timeout: settings.request_timeout,
             settings: settings.clone(),
             ca_pem,
@@ -195,6 +122,11 @@ impl Upstream {
             None => true,
             Some(path) => std::fs::read(path).ok() == self.ca_pem,
         }
+    }
+
+    /// The metrics this client counts into.
+    pub fn metrics(&self) -> &UpstreamMetrics {
+        &self.metrics
     }
 
     /// The limit on waiting for a response head.
@@ -238,18 +170,4 @@ pub fn set_serving_thread(index: usize) {
 
 fn serving_thread() -> usize {
     SERVING_THREAD.with(std::cell::Cell::get)
-}
-
-/// True when a rustls error sits anywhere in the chain. `io::Error` wraps its payload in a way
-/// `source()` skips (it returns the payload's source), so look inside it explicitly.
-pub(crate) fn is_tls_error(err: &(dyn std::error::Error + 'static)) -> bool {
-    if err.downcast_ref::<rustls::Error>().is_some() {
-        return true;
-    }
-    if let Some(inner) = err.downcast_ref::<io::Error>().and_then(io::Error::get_ref) {
-        if is_tls_error(inner) {
-            return true;
-        }
-    }
-    err.source().is_some_and(is_tls_error)
 }

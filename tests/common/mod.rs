@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use twilio_sidecar::dev::stand_in::StandIn;
 use twilio_sidecar::config::hosts::TWILIO_PRODUCT_HOSTS;
+use twilio_sidecar::dev::stand_in::StandIn;
 
 pub const SID: &str = "AC00000000000000000000000000000001";
 pub const SID2: &str = "AC00000000000000000000000000000002";

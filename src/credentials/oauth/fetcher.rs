@@ -13,11 +13,12 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{FetchError, TokenFetcher};
-use crate::proxy::error::UpstreamFailure;
+#[cfg(test)]
+use crate::config::TWILIO_TOKEN_URL;
+use crate::config::{parse_token_url, TokenUrlError};
 use crate::upstream::Upstream;
+use crate::upstream::UpstreamFailure;
 
-/// Twilio's token endpoint.
-pub const TWILIO_TOKEN_URL: &str = "https://oauth.twilio.com/v2/token";
 /// The largest token response read.
 const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
 
@@ -44,7 +45,7 @@ impl HttpTokenFetcher {
         url: &str,
         client_id: &str,
         secret: &SecretString,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, TokenUrlError> {
         let url = parse_token_url(url)?;
         let form = format!(
             "grant_type=client_credentials&client_id={}&client_secret={}",
@@ -57,19 +58,6 @@ impl HttpTokenFetcher {
             form: Bytes::from(form),
         })
     }
-}
-
-/// Checks a token URL: https, with a host.
-pub fn parse_token_url(url: &str) -> Result<Uri, String> {
-    let uri: Uri = url
-        .parse()
-        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-    if uri.scheme_str() != Some("https") || uri.host().is_none() {
-        return Err(format!(
-            "{url:?} must be an https:// URL (tokens are only fetched over verified TLS)"
-        ));
-    }
-    Ok(uri)
 }
 
 /// `application/x-www-form-urlencoded` value encoding.

@@ -28,40 +28,8 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::metrics::Metrics;
-
-/// Tunables, from the `[oauth]` config table.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OAuthSettings {
-    /// Limit on one token request.
-    pub token_timeout: Duration,
-    /// How long a request without a usable token waits for the fetch in flight.
-    pub wait_for_token: Duration,
-    /// Bodies up to this size are buffered so a request can be replayed after a 401.
-    pub replay_body_limit: u64,
-    /// A token is not attached within this margin of its expiry.
-    pub expiry_margin: Duration,
-    /// First retry delay ceiling after a failed fetch; doubles per failure.
-    pub backoff_base: Duration,
-    /// Largest retry delay ceiling.
-    pub backoff_max: Duration,
-    /// Lifetime assumed when neither `expires_in` nor a JWT `exp` is plausible.
-    pub fallback_lifetime: Duration,
-}
-
-impl Default for OAuthSettings {
-    fn default() -> Self {
-        OAuthSettings {
-            token_timeout: Duration::from_secs(10),
-            wait_for_token: Duration::from_secs(2),
-            replay_body_limit: 64 * 1024,
-            expiry_margin: Duration::from_secs(30),
-            backoff_base: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(30),
-            fallback_lifetime: Duration::from_secs(300),
-        }
-    }
-}
+use crate::config::OAuthSettings;
+use crate::metrics::OAuthMetrics;
 
 /// The longest lifetime believed: Twilio's tokens live an hour, and nothing it issues lives
 /// beyond a day. Longer claims (the spec's own example says `1438315200000`) are ignored.
@@ -371,7 +339,7 @@ impl TokenCache {
     }
 
     /// Starts the refresher once; later calls do nothing. It stops when the cache is dropped.
-    pub fn start(self: &Arc<Self>, metrics: Option<Arc<Metrics>>) {
+    pub fn start(self: &Arc<Self>, metrics: Option<Arc<OAuthMetrics>>) {
         if self.started.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -462,7 +430,7 @@ impl TokenCache {
     }
 
     /// One fetch: the refresher's only call into the endpoint.
-    async fn fetch_once(&self, metrics: Option<&Metrics>) -> Result<Arc<Token>, FetchError> {
+    async fn fetch_once(&self, metrics: Option<&OAuthMetrics>) -> Result<Arc<Token>, FetchError> {
         let started = self.clock.now();
         let body =
             match tokio::time::timeout(self.settings.token_timeout, self.fetcher.fetch()).await {
@@ -473,15 +441,14 @@ impl TokenCache {
             parse_token_response(&b, self.clock.wall(), self.settings.fallback_lifetime)
         });
         if let Some(m) = metrics {
-            m.oauth_fetch_duration
-                .with_label_values(&[&self.account])
-                .observe((self.clock.now() - started).as_secs_f64());
             let label = result
                 .as_ref()
                 .map_or_else(FetchError::label, |_| "success");
-            m.oauth_fetches
-                .with_label_values(&[&self.account, label])
-                .inc();
+            m.fetch(
+                &self.account,
+                label,
+                (self.clock.now() - started).as_secs_f64(),
+            );
         }
         let parsed = result?;
         let now = self.clock.now();
@@ -510,7 +477,7 @@ impl TokenCache {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
         });
         if let Some(m) = metrics {
-            m.oauth_token_expiry
+            m.token_expiry
                 .with_label_values(&[&self.account])
                 .set(expires_unix);
         }
@@ -519,7 +486,7 @@ impl TokenCache {
 }
 
 /// The background task: the only caller of the token endpoint for one account.
-async fn refresher(cache: Weak<TokenCache>, wake: Arc<Notify>, metrics: Option<Arc<Metrics>>) {
+async fn refresher(cache: Weak<TokenCache>, wake: Arc<Notify>, metrics: Option<Arc<OAuthMetrics>>) {
     let mut failures: u32 = 0;
     loop {
         // Hold the cache only while working, so dropping it (a reload that replaced it) ends

@@ -272,8 +272,8 @@ fn cover(d: &[Tok], a: &[Tok]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gate::policy::Mode;
     use crate::config::hosts::TWILIO_PRODUCT_HOSTS;
+    use crate::gate::policy::Mode;
 
     const SID: &str = "AC00000000000000000000000000000001";
 

@@ -12,17 +12,10 @@ pub mod rule;
 
 use http::Method;
 
+pub use crate::config::Mode;
 use crate::gate::route::{HostId, Hosts};
 use matcher::Matcher;
 pub use rule::{parse_rule, Effect, MethodSet, Rule, RuleError};
-
-/// `enforce` refuses denied requests; `audit` forwards them and counts them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    Enforce,
-    Audit,
-}
 
 /// What the rules say about one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

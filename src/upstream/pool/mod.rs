@@ -1,5 +1,6 @@
-//! Connections to Twilio hosts, kept per serving thread and per host, and the response body
-//! that hands an HTTP/1.1 connection back when the app has read the whole response.
+//! Connections to Twilio hosts, kept per serving thread and per host: checkout, connect and
+//! the send loop here; [`h1`] leased HTTP/1.1 connections, [`h2`] shared HTTP/2 connections
+//! and their streams, [`sweep`] idle connections closed.
 //!
 //! Why not hyper-util's legacy pooled client: callgrind put it at ~9k instructions a request on
 //! the load benchmark — SipHash over the host name on every checkout and every return, a boxed
@@ -15,7 +16,7 @@
 //! and at most `pool_max_idle_per_host` are kept. What it adds:
 //! - an HTTP/2 stream Twilio turned away without processing it (REFUSED_STREAM, or a graceful
 //!   GOAWAY retiring the connection) is sent again on a new connection instead of failing —
-//!   `is_refused_stream` says which ones qualify;
+//!   `h2::is_refused_stream` says which ones qualify;
 //! - each HTTP/2 connection carries at most `http2_max_streams` requests at once; the next one
 //!   opens another connection rather than queueing behind the server's stream limit (hyper
 //!   would hold it, unannounced, until a stream closes — a round trip to Twilio each);
@@ -23,29 +24,33 @@
 //!   for it instead of each paying a handshake of their own (a burst after a GOAWAY, or more
 //!   than one connection's worth of streams arriving at once).
 
+mod h1;
+mod h2;
+mod sweep;
+#[cfg(test)]
+mod tests;
+
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{header, HeaderValue, Request, Response, Uri};
-use http_body_util::{Either, Full};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use http::{HeaderValue, Request, Response, Uri};
 use hyper::client::conn::{http1, http2};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::{Connection, HttpConnector};
+use hyper_util::client::legacy::connect::Connection;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower_service::Service;
 
-use crate::proxy::error::UpstreamFailure;
-use crate::upstream::{is_tls_error, RequestBody, Resolver};
-
-/// Opens TLS connections (verified, ALPN h2 / http/1.1) to a Twilio host.
-pub type Connector = HttpsConnector<HttpConnector<Resolver>>;
+use crate::metrics::UpstreamMetrics;
+use crate::upstream::body::{replayable, RequestBody, UpstreamBody};
+use crate::upstream::tls::{is_tls_error, Connector};
+use crate::upstream::UpstreamFailure;
+use h1::IdleConnection;
+pub(crate) use h1::PooledSender;
+pub(crate) use h2::StreamSlot;
+use h2::{exchange_h2, Announce, ConnectState, SharedH2};
+use sweep::idle_expired;
 
 /// One serving thread's connections, by host.
 pub struct ConnectionPool {
@@ -58,24 +63,16 @@ pub struct ConnectionPool {
     sweeping: AtomicBool,
     /// Numbers the shared HTTP/2 connections.
     next_h2_id: AtomicU64,
+    /// Counts resent streams; shared with the pools of other threads and generations.
+    metrics: Arc<UpstreamMetrics>,
 }
 
 /// How many times one request is sent again after Twilio refused its HTTP/2 stream.
 const MAX_REFUSALS: u32 = 2;
 
-/// HTTP/2 requests sent again because Twilio turned their stream away unprocessed, over the
-/// process's life (pools come and go with reloads; this count must not).
-static STREAMS_RESENT: AtomicU64 = AtomicU64::new(0);
-
-/// HTTP/2 requests sent again on a new connection so far (REFUSED_STREAM, a graceful GOAWAY,
-/// or a connection that ended before the request was handed to it).
-pub fn streams_resent() -> u64 {
-    STREAMS_RESENT.load(Ordering::Relaxed)
-}
-
 /// The connections to one host (`api.twilio.com`, `verify.twilio.com`, the token host, …).
 /// There are at most as many entries as allowed hosts, so a linear scan beats hashing.
-struct HostConnections {
+pub(super) struct HostConnections {
     authority: Authority,
     /// Written on every HTTP/1.1 request; made once so the hot path only bumps a refcount.
     host_header: HeaderValue,
@@ -89,43 +86,6 @@ struct HostConnections {
     speaks_h2: bool,
     /// An HTTP/2 connection being opened; it tells its waiters when it is done.
     h2_connecting: Option<tokio::sync::watch::Receiver<ConnectState>>,
-}
-
-/// One shared HTTP/2 connection.
-struct SharedH2 {
-    /// Which connection this is, so a refusal retires this one and not a successor.
-    id: u64,
-    sender: http2::SendRequest<RequestBody>,
-    /// Requests sent on it whose response has not ended yet.
-    open_streams: Arc<AtomicUsize>,
-    /// When a request last took a stream on it; idle connections close like HTTP/1.1 ones.
-    last_used: Instant,
-}
-
-/// What a request waiting on an HTTP/2 handshake learns: still going (`None`), done (the new
-/// connection is in the host's list, or the host turned out to speak HTTP/1.1), or failed,
-/// which fails the waiters too — each trying again in turn would multiply the wait.
-type ConnectState = Option<Result<(), UpstreamFailure>>;
-
-/// A stream counted against its connection's `http2_max_streams` until the response ends.
-struct StreamSlot(Arc<AtomicUsize>);
-
-impl StreamSlot {
-    fn take(open_streams: &Arc<AtomicUsize>) -> StreamSlot {
-        open_streams.fetch_add(1, Ordering::Relaxed);
-        StreamSlot(open_streams.clone())
-    }
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-struct IdleConnection {
-    sender: http1::SendRequest<RequestBody>,
-    since: Instant,
 }
 
 /// A connection checked out for one request.
@@ -168,8 +128,10 @@ impl ConnectionPool {
         idle_timeout: Duration,
         max_idle_per_host: usize,
         max_streams: usize,
+        metrics: Arc<UpstreamMetrics>,
     ) -> Self {
         ConnectionPool {
+            metrics,
             connector,
             idle_timeout,
             max_idle_per_host,
@@ -216,7 +178,7 @@ impl ConnectionPool {
                             Ok(response) => return Ok(response),
                             Err(Unsent::Again(again, error)) if refusals < MAX_REFUSALS => {
                                 refusals += 1;
-                                STREAMS_RESENT.fetch_add(1, Ordering::Relaxed);
+                                self.metrics.streams_resent.inc();
                                 tracing::debug!(%error, "upstream HTTP/2 stream refused; sending it again");
                                 self.forget_shared_h2(&authority, id);
                                 req = again;
@@ -250,43 +212,6 @@ impl ConnectionPool {
                     self.checkout(&authority).await?
                 };
             }
-        }
-    }
-
-    /// One HTTP/1.1 exchange on `sender`; the response's body returns the connection to the
-    /// pool when it ends.
-    async fn exchange_h1(
-        self: &Arc<Self>,
-        authority: &Authority,
-        mut sender: http1::SendRequest<RequestBody>,
-        host_header: HeaderValue,
-        mut req: Request<RequestBody>,
-    ) -> Result<Response<UpstreamBody>, Unsent> {
-        // HTTP/1.1 wants origin form and a Host header; the URI carried the host. The
-        // absolute URI is put back if the request must go out again.
-        req.headers_mut().insert(header::HOST, host_header);
-        let origin = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let absolute_uri = std::mem::replace(req.uri_mut(), Uri::from(origin));
-        match sender.try_send_request(req).await {
-            Ok(response) => {
-                let pool = PooledSender {
-                    pool: Arc::downgrade(self),
-                    authority: authority.clone(),
-                    sender,
-                };
-                Ok(response.map(|body| UpstreamBody::pooled(body, pool)))
-            }
-            Err(mut e) => match e.take_message() {
-                Some(mut unsent) => {
-                    *unsent.uri_mut() = absolute_uri;
-                    Err(Unsent::Again(unsent, e.into_error()))
-                }
-                None => Err(Unsent::Failed(e.into_error())),
-            },
         }
     }
 
@@ -351,7 +276,7 @@ impl ConnectionPool {
         }
         let now = Instant::now();
         while let Some(idle) = entry.idle.pop() {
-            if !idle.sender.is_closed() && now.duration_since(idle.since) < self.idle_timeout {
+            if !idle.sender.is_closed() && !idle_expired(idle.since, now, self.idle_timeout) {
                 return Pick::Lease(Lease::Http1 {
                     sender: idle.sender,
                     host_header: entry.host_header.clone(),
@@ -441,21 +366,13 @@ impl ConnectionPool {
                 .handshake(io)
                 .await
                 .map_err(|e| classify_exchange(&e))?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
-                }
-            });
+            drive(connection, "HTTP/2");
             Ok(Connected::Http2(sender))
         } else {
             let (sender, connection) = http1::handshake(io)
                 .await
                 .map_err(|e| classify_exchange(&e))?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
-                }
-            });
+            drive(connection, "HTTP/1.1");
             Ok(Connected::Http1(sender))
         }
     }
@@ -467,27 +384,6 @@ impl ConnectionPool {
         if let Ok(entry) = entry_for(&mut hosts, authority) {
             entry.h2.retain(|c| c.id != id);
         }
-    }
-
-    /// Takes back an HTTP/1.1 connection whose response was read to the end.
-    fn give_back(self: &Arc<Self>, authority: &Authority, sender: http1::SendRequest<RequestBody>) {
-        if sender.is_closed() {
-            return;
-        }
-        {
-            let mut hosts = self.lock();
-            let Ok(entry) = entry_for(&mut hosts, authority) else {
-                return;
-            };
-            if entry.idle.len() >= self.max_idle_per_host {
-                return;
-            }
-            entry.idle.push(IdleConnection {
-                sender,
-                since: Instant::now(),
-            });
-        }
-        self.sweep_later();
     }
 
     /// Idle HTTP/1.1 connections currently kept, over all hosts.
@@ -510,60 +406,6 @@ impl ConnectionPool {
             .sum()
     }
 
-    /// Connections kept for reuse: idle HTTP/1.1 plus shared HTTP/2 (busy or not).
-    fn kept_count(hosts: &[HostConnections]) -> usize {
-        hosts.iter().map(|h| h.idle.len() + h.h2.len()).sum()
-    }
-
-    /// Closes connections idle past `idle_timeout` (or already closed) — HTTP/2 ones once no
-    /// request has used them for that long; returns how many are left.
-    fn sweep(&self) -> usize {
-        let now = Instant::now();
-        let mut hosts = self.lock();
-        for entry in hosts.iter_mut() {
-            entry.idle.retain(|idle| {
-                !idle.sender.is_closed() && now.duration_since(idle.since) < self.idle_timeout
-            });
-            entry.h2.retain(|c| {
-                !c.sender.is_closed()
-                    && (c.open_streams.load(Ordering::Relaxed) > 0
-                        || now.duration_since(c.last_used) < self.idle_timeout)
-            });
-        }
-        Self::kept_count(&hosts)
-    }
-
-    /// Makes sure one task on this thread will close idle connections once they time out. It
-    /// ends when nothing is idle, and with the pool (it holds only a weak reference).
-    fn sweep_later(self: &Arc<Self>) {
-        if self.sweeping.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            // Outside a runtime (process teardown): checkouts still skip stale connections.
-            self.sweeping.store(false, Ordering::Release);
-            return;
-        };
-        let period = (self.idle_timeout / 2).max(Duration::from_millis(10));
-        let pool = Arc::downgrade(self);
-        runtime.spawn(async move {
-            loop {
-                tokio::time::sleep(period).await;
-                let Some(pool) = pool.upgrade() else { return };
-                if pool.sweep() == 0 {
-                    pool.sweeping.store(false, Ordering::Release);
-                    // A connection given back between the sweep and the store found the flag
-                    // still set and started nothing; keep going for it.
-                    if Self::kept_count(&pool.lock()) == 0
-                        || pool.sweeping.swap(true, Ordering::AcqRel)
-                    {
-                        return;
-                    }
-                }
-            }
-        });
-    }
-
     fn lock(&self) -> MutexGuard<'_, Vec<HostConnections>> {
         // Nothing panics while holding it; if something did, the entries are still valid.
         self.hosts.lock().unwrap_or_else(PoisonError::into_inner)
@@ -571,7 +413,7 @@ impl ConnectionPool {
 }
 
 /// The entry for `authority`, made on first use.
-fn entry_for<'h>(
+pub(super) fn entry_for<'h>(
     hosts: &'h mut Vec<HostConnections>,
     authority: &Authority,
 ) -> Result<&'h mut HostConnections, UpstreamFailure> {
@@ -602,30 +444,22 @@ fn entry_for<'h>(
 /// How an exchange ended without a response. Only ever returned, never kept, so the request
 /// stays inline rather than boxed (a box would be an allocation on every resend).
 #[allow(clippy::large_enum_variant)]
-enum Unsent {
+pub(super) enum Unsent {
     /// The request may go out again: it never left, or Twilio refused its stream unprocessed.
     Again(Request<RequestBody>, hyper::Error),
     Failed(hyper::Error),
 }
 
-/// One exchange as a stream of a shared HTTP/2 connection; the stream's slot is freed when the
-/// response ends. `copy` is the request to send again if the stream is refused unprocessed.
-async fn exchange_h2(
-    mut sender: http2::SendRequest<RequestBody>,
-    stream: StreamSlot,
-    req: Request<RequestBody>,
-    copy: Option<Request<RequestBody>>,
-) -> Result<Response<UpstreamBody>, Unsent> {
-    match sender.try_send_request(req).await {
-        Ok(response) => Ok(response.map(|body| UpstreamBody::on_stream(body, stream))),
-        Err(mut e) => {
-            let refused = is_refused_stream(e.error());
-            match e.take_message().or(if refused { copy } else { None }) {
-                Some(again) => Err(Unsent::Again(again, e.into_error())),
-                None => Err(Unsent::Failed(e.into_error())),
-            }
+/// Runs a connection's I/O in a task of its own until Twilio or the pool closes it.
+fn drive(
+    connection: impl Future<Output = Result<(), hyper::Error>> + Send + 'static,
+    protocol: &'static str,
+) {
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, protocol, "upstream connection ended");
         }
-    }
+    });
 }
 
 fn absolute(authority: &Authority, path: PathAndQuery) -> Result<Uri, UpstreamFailure> {
@@ -634,42 +468,6 @@ fn absolute(authority: &Authority, path: PathAndQuery) -> Result<Uri, UpstreamFa
     parts.authority = Some(authority.clone());
     parts.path_and_query = Some(path);
     Uri::from_parts(parts).map_err(|_| UpstreamFailure::Protocol)
-}
-
-/// A copy of `req` to send again, when its body is empty or already in memory; `None` for a
-/// body still streaming from the app (the proxy buffers small ones, so those are rare). Used
-/// for refused HTTP/2 streams here and for the proxy's replay after a 401.
-pub(crate) fn replayable(req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
-    let body = match req.body() {
-        Either::Right(buffered) => Either::Right(buffered.clone()),
-        Either::Left(streamed) if streamed.is_end_stream() => Either::Right(Full::default()),
-        Either::Left(_) => return None,
-    };
-    let mut copy = Request::new(body);
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    Some(copy)
-}
-
-/// True when Twilio refused the stream without processing it: a RST_STREAM with
-/// REFUSED_STREAM, or a graceful (NO_ERROR) GOAWAY that the stream came after. h2 ends exactly
-/// those streams with the remote NO_ERROR GOAWAY — the ones it covers finish normally or end
-/// with an I/O error — while a GOAWAY carrying an error ends every open stream, processed or
-/// not, and so is never taken for a refusal.
-fn is_refused_stream(e: &hyper::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
-                || (h2.is_go_away()
-                    && h2.is_remote()
-                    && h2.reason() == Some(h2::Reason::NO_ERROR));
-        }
-        source = cause.source();
-    }
-    false
 }
 
 /// A failure to open a connection: certificate or handshake trouble is `tls`, the rest
@@ -695,120 +493,4 @@ fn classify_exchange(e: &hyper::Error) -> UpstreamFailure {
 enum Connected {
     Http1(http1::SendRequest<RequestBody>),
     Http2(http2::SendRequest<RequestBody>),
-}
-
-/// Held by the request opening the HTTP/2 connection others wait for. It clears the host's
-/// "being opened" mark when the connection is filed or failed — or when its request gives up
-/// (timed out, app gone) and drops it mid-handshake, so the waiters look again rather than
-/// wait on nothing.
-struct Announce<'p> {
-    pool: &'p ConnectionPool,
-    authority: &'p Authority,
-    sender: Option<tokio::sync::watch::Sender<ConnectState>>,
-}
-
-impl Announce<'_> {
-    fn finish(&mut self, entry: &mut HostConnections, outcome: Result<(), UpstreamFailure>) {
-        if let Some(sender) = self.sender.take() {
-            entry.h2_connecting = None;
-            sender.send_replace(Some(outcome));
-        }
-    }
-}
-
-impl Drop for Announce<'_> {
-    fn drop(&mut self) {
-        if self.sender.is_some() {
-            let mut hosts = self.pool.lock();
-            if let Ok(entry) = entry_for(&mut hosts, self.authority) {
-                entry.h2_connecting = None;
-            }
-            // Dropping the sender (after this) wakes the waiters with "closed".
-        }
-    }
-}
-
-/// An HTTP/1.1 connection lent to one request, to return once its response has been read.
-struct PooledSender {
-    pool: Weak<ConnectionPool>,
-    authority: Authority,
-    sender: http1::SendRequest<RequestBody>,
-}
-
-/// A response body from Twilio. Dropped after its last byte, it returns its HTTP/1.1
-/// connection to the pool; dropped early (the app went away), the connection is closed, since
-/// the rest of that response would still be on the wire.
-pub struct UpstreamBody {
-    inner: Incoming,
-    pooled: Option<PooledSender>,
-    /// The HTTP/2 stream this response arrives on, freed when it ends.
-    stream: Option<StreamSlot>,
-    ended: bool,
-}
-
-impl UpstreamBody {
-    fn pooled(inner: Incoming, sender: PooledSender) -> Self {
-        UpstreamBody {
-            inner,
-            pooled: Some(sender),
-            stream: None,
-            ended: false,
-        }
-    }
-
-    fn on_stream(inner: Incoming, stream: StreamSlot) -> Self {
-        UpstreamBody {
-            inner,
-            pooled: None,
-            stream: Some(stream),
-            ended: false,
-        }
-    }
-}
-
-impl std::fmt::Debug for UpstreamBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamBody")
-            .field("pooled", &self.pooled.is_some())
-            .field("ended", &self.ended)
-            .finish()
-    }
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            self.ended = true;
-            // The stream is closed; the next request may have it before this body is dropped.
-            self.stream = None;
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.ended || self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        if let Some(lent) = self.pooled.take() {
-            if self.ended || self.inner.is_end_stream() {
-                if let Some(pool) = lent.pool.upgrade() {
-                    pool.give_back(&lent.authority, lent.sender);
-                }
-            }
-        }
-    }
 }

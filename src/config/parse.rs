@@ -1,0 +1,495 @@
+//! Reading the parsed TOML into the settings types: every key checked, every problem
+//! collected with its key path, defaults applied where a key is absent.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::hosts::{check_allowed_hosts, TWILIO_PRODUCT_HOSTS};
+use super::reader::{Diagnostics, Section};
+use super::secret::SecretSource;
+use super::settings::*;
+use super::{Config, DEFAULT_ADMIN, DEFAULT_LISTEN};
+
+pub(super) fn read_config(table: &toml::Table, base: &Path, d: &mut Diagnostics) -> Option<Config> {
+    let mut root = Section::new("", table);
+    let (listen, unix, workers) = read_listen(&mut root, d, base);
+    let admin = read_address(&mut root, d, "admin", DEFAULT_ADMIN);
+    let upstream = read_upstream(&mut root, d, base);
+    let accounts = read_accounts(&mut root, d, base);
+    let policy = read_policy(&mut root, d, base);
+    let oauth = read_oauth(&mut root, d);
+    let reload = read_reload(&mut root, d);
+    let limits = read_limits(&mut root, d);
+    root.finish(d);
+
+    let (listen, admin) = (listen?, admin?);
+    if listen == admin && listen.port() != 0 {
+        d.error("admin.address", "must differ from listen.address");
+    }
+    for (key, addr) in [("listen.address", listen), ("admin.address", admin)] {
+        if !addr.ip().is_loopback() {
+            d.warn(
+                key,
+                format!("{addr} is reachable from other hosts; restrict who can reach it (NetworkPolicy, firewall)"),
+            );
+        }
+    }
+    Some(Config {
+        path: None,
+        listen,
+        unix,
+        workers,
+        admin,
+        upstream: upstream?,
+        accounts: accounts?,
+        policy: policy?,
+        oauth: oauth?,
+        reload: reload?,
+        limits: limits?,
+    })
+}
+
+/// `[limits]`: every key optional.
+fn read_limits(root: &mut Section<'_>, d: &mut Diagnostics) -> Option<Limits> {
+    optional_table(root, d, "limits", Limits::default(), |s, d, out| {
+        for (key, slot) in [
+            ("request_timeout", &mut out.request_timeout),
+            ("header_read_timeout", &mut out.header_read_timeout),
+            ("drain_timeout", &mut out.drain_timeout),
+        ] {
+            if let Some(v) = s.duration(d, key) {
+                *slot = v;
+            }
+        }
+        if let Some(n) = s.count(d, "max_request_body") {
+            out.max_request_body = n;
+        }
+        if let Some(n) = s.count(d, "max_header_bytes") {
+            if n < 8192 {
+                d.error(s.key("max_header_bytes"), "must be at least 8192");
+            }
+            out.max_header_bytes = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let Some(n) = s.count(d, "max_concurrent_requests") {
+            if n == 0 {
+                d.error(s.key("max_concurrent_requests"), "must be at least 1");
+            }
+            out.max_concurrent_requests = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+    })
+}
+
+/// Reads an optional table onto defaults: absent, the defaults stand; present, `read` fills
+/// it in. `None` when the table, or any key in it, is wrong (every problem is reported).
+fn optional_table<'a, T>(
+    root: &mut Section<'a>,
+    d: &mut Diagnostics,
+    key: &'a str,
+    mut out: T,
+    read: impl FnOnce(&mut Section<'a>, &mut Diagnostics, &mut T),
+) -> Option<T> {
+    let Some(mut s) = root.table(d, key) else {
+        return if root.get(key).is_some() {
+            None
+        } else {
+            Some(out)
+        };
+    };
+    let before = d.errors.len();
+    read(&mut s, d, &mut out);
+    s.finish(d);
+    (d.errors.len() == before).then_some(out)
+}
+
+/// The default for `listen.workers`: one per CPU.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// `[listen]`: `address`, `workers`, and optionally `unix` with `unix_mode`.
+fn read_listen(
+    root: &mut Section<'_>,
+    d: &mut Diagnostics,
+    base: &Path,
+) -> (Option<SocketAddr>, Option<UnixListen>, usize) {
+    let fallback = DEFAULT_LISTEN.parse().ok();
+    let Some(mut s) = root.table(d, "listen") else {
+        let address = if root.get("listen").is_some() {
+            None
+        } else {
+            fallback
+        };
+        return (address, None, default_workers());
+    };
+    let workers = match s.count(d, "workers") {
+        Some(0) => {
+            d.error(s.key("workers"), "must be at least 1");
+            1
+        }
+        Some(n) => usize::try_from(n).unwrap_or(1024).min(1024),
+        None => default_workers(),
+    };
+    let address = match s.string(d, "address") {
+        Some(a) => parse_addr(d, s.key("address"), a),
+        None => fallback,
+    };
+    let mode = match s.string(d, "unix_mode") {
+        Some(m) => match u32::from_str_radix(m.trim_start_matches("0o"), 8) {
+            Ok(mode) if mode <= 0o777 => Some(mode),
+            _ => {
+                d.error(
+                    s.key("unix_mode"),
+                    format!("expected an octal file mode such as \"0660\", found {m:?}"),
+                );
+                None
+            }
+        },
+        None => Some(0o660),
+    };
+    let unix = s.string(d, "unix").and_then(|p| {
+        if p.is_empty() {
+            d.error(s.key("unix"), "must be a socket path");
+            return None;
+        }
+        mode.map(|mode| UnixListen {
+            path: base.join(p),
+            mode,
+        })
+    });
+    s.finish(d);
+    (address, unix, workers)
+}
+
+/// `[reload]`: every key optional.
+fn read_reload(root: &mut Section<'_>, d: &mut Diagnostics) -> Option<ReloadConfig> {
+    optional_table(root, d, "reload", ReloadConfig::default(), |s, d, out| {
+        if let Some(w) = s.boolean(d, "watch") {
+            out.watch = w;
+        }
+        if let Some(v) = s.duration(d, "debounce") {
+            out.debounce = v;
+        }
+    })
+}
+
+/// `[oauth]`: every key optional.
+fn read_oauth(root: &mut Section<'_>, d: &mut Diagnostics) -> Option<OAuthSettings> {
+    optional_table(root, d, "oauth", OAuthSettings::default(), |s, d, out| {
+        for (key, slot) in [
+            ("token_timeout", &mut out.token_timeout),
+            ("wait_for_token", &mut out.wait_for_token),
+            ("expiry_margin", &mut out.expiry_margin),
+            ("backoff_base", &mut out.backoff_base),
+            ("backoff_max", &mut out.backoff_max),
+            ("fallback_lifetime", &mut out.fallback_lifetime),
+        ] {
+            if let Some(v) = s.duration(d, key) {
+                *slot = v;
+            }
+        }
+        if let Some(n) = s.count(d, "replay_body_limit") {
+            out.replay_body_limit = n;
+        }
+        if out.backoff_base > out.backoff_max {
+            d.error(s.key("backoff_base"), "must not exceed oauth.backoff_max");
+        }
+    })
+}
+
+/// `[listen]` / `[admin]`: `address = "HOST:PORT"`.
+fn read_address(
+    root: &mut Section<'_>,
+    d: &mut Diagnostics,
+    key: &'static str,
+    default: &str,
+) -> Option<SocketAddr> {
+    let fallback = default.parse().ok();
+    let Some(mut section) = root.table(d, key) else {
+        return if root.get(key).is_some() {
+            None
+        } else {
+            fallback
+        };
+    };
+    let out = match section.string(d, "address") {
+        Some(s) => parse_addr(d, section.key("address"), s),
+        None => fallback,
+    };
+    section.finish(d);
+    out
+}
+
+fn parse_addr(d: &mut Diagnostics, key: String, s: &str) -> Option<SocketAddr> {
+    match s.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            d.error(
+                key,
+                format!(
+                    "expected an IP:PORT socket address such as \"127.0.0.1:8080\", found {s:?}"
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn read_upstream(
+    root: &mut Section<'_>,
+    d: &mut Diagnostics,
+    base: &Path,
+) -> Option<UpstreamConfig> {
+    let out = UpstreamConfig {
+        default_host: "api.twilio.com".to_string(),
+        allowed_hosts: TWILIO_PRODUCT_HOSTS.iter().map(|h| h.to_string()).collect(),
+        connect_to: None,
+        ca_file: None,
+        connect_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(30),
+        pool_idle_timeout: Duration::from_secs(90),
+        pool_max_idle_per_host: 64,
+        // RFC 9113 asks servers to allow at least 100 concurrent streams.
+        http2_max_streams: 100,
+    };
+    optional_table(root, d, "upstream", out, |s, d, out| {
+        if let Some(h) = s.string(d, "default_host") {
+            out.default_host = h.to_ascii_lowercase();
+        }
+        if let Some(hosts) = s.strings(d, "allowed_hosts") {
+            if hosts.is_empty() {
+                d.error(s.key("allowed_hosts"), "must name at least one Twilio host");
+            }
+            out.allowed_hosts = hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+        }
+        if let Err(e) = check_allowed_hosts(out.allowed_hosts.iter().map(String::as_str)) {
+            d.error(s.key("allowed_hosts"), e.to_string());
+        }
+        if !out.allowed_hosts.contains(&out.default_host) {
+            d.error(
+                s.key("default_host"),
+                format!("{:?} is not in upstream.allowed_hosts", out.default_host),
+            );
+        }
+        if let Some(a) = s.string(d, "connect_to") {
+            out.connect_to = parse_addr(d, s.key("connect_to"), a);
+        }
+        if let Some(p) = s.string(d, "ca_file") {
+            out.ca_file = Some(base.join(p));
+        }
+        for (key, slot) in [
+            ("connect_timeout", &mut out.connect_timeout),
+            ("request_timeout", &mut out.request_timeout),
+            ("pool_idle_timeout", &mut out.pool_idle_timeout),
+        ] {
+            if let Some(v) = s.duration(d, key) {
+                *slot = v;
+            }
+        }
+        if let Some(n) = s.count(d, "pool_max_idle_per_host") {
+            out.pool_max_idle_per_host = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let Some(n) = s.count(d, "http2_max_streams") {
+            if n == 0 {
+                d.error(
+                    s.key("http2_max_streams"),
+                    "must be at least 1 (100 suits servers that follow RFC 9113)",
+                );
+            }
+            out.http2_max_streams = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+    })
+}
+
+fn read_accounts(
+    root: &mut Section<'_>,
+    d: &mut Diagnostics,
+    base: &Path,
+) -> Option<Vec<AccountConfig>> {
+    let Some(sections) = root.tables(d, "accounts") else {
+        if root.get("accounts").is_none() {
+            d.error("accounts", "missing: add at least one [[accounts]] table");
+        }
+        return None;
+    };
+    if sections.is_empty() {
+        d.error("accounts", "add at least one [[accounts]] table");
+    }
+    let before = d.errors.len();
+    let mut accounts = Vec::new();
+    for mut s in sections {
+        let sid = s.string(d, "sid");
+        if sid.is_none() && s.get("sid").is_none() {
+            d.error(
+                s.key("sid"),
+                "missing (the account SID, AC followed by 32 hex digits)",
+            );
+        }
+        if let Some(sid) = sid {
+            if !is_sid(sid, "AC") {
+                d.error(
+                    s.key("sid"),
+                    format!("{sid:?} is not an account SID (AC followed by 32 hex digits)"),
+                );
+            } else if accounts.iter().any(|a: &AccountConfig| a.sid == sid) {
+                d.error(s.key("sid"), format!("account {sid} is configured twice"));
+            }
+        }
+        let default = s.boolean(d, "default").unwrap_or(false);
+        let credential = read_credential(&mut s, d, base);
+        s.finish(d);
+        if let (Some(sid), Some(credential)) = (sid, credential) {
+            accounts.push(AccountConfig {
+                sid: sid.to_string(),
+                default,
+                credential,
+            });
+        }
+    }
+    let defaults = accounts.iter().filter(|a| a.default).count();
+    if accounts.len() > 1 && defaults != 1 {
+        d.error(
+            "accounts",
+            format!(
+                "with several accounts exactly one must have default = true (found {defaults})"
+            ),
+        );
+    }
+    if accounts.len() == 1 {
+        accounts[0].default = true;
+    }
+    (d.errors.len() == before).then_some(accounts)
+}
+
+fn read_credential(
+    account: &mut Section<'_>,
+    d: &mut Diagnostics,
+    base: &Path,
+) -> Option<CredentialConfig> {
+    let Some(mut s) = account.table(d, "credential") else {
+        if account.get("credential").is_none() {
+            d.error(
+                account.key("credential"),
+                "missing (for example { type = \"api_key\", key_sid = …, secret = { file = … } })",
+            );
+        }
+        return None;
+    };
+    let kind = s.string(d, "type");
+    let out = match kind {
+        Some("api_key") => {
+            let key_sid = SecretSource::parse(&mut s, d, "key_sid", false, base);
+            if let Some(SecretSource::Inline(v)) = &key_sid {
+                use secrecy::ExposeSecret;
+                if !is_sid(v.expose_secret(), "SK") {
+                    d.error(
+                        s.key("key_sid"),
+                        "not an API key SID (SK followed by 32 hex digits)",
+                    );
+                }
+            }
+            let secret = SecretSource::parse(&mut s, d, "secret", true, base);
+            match (key_sid, secret) {
+                (Some(key_sid), Some(secret)) => Some(CredentialConfig::ApiKey { key_sid, secret }),
+                _ => None,
+            }
+        }
+        Some("auth_token") => SecretSource::parse(&mut s, d, "token", true, base)
+            .map(|token| CredentialConfig::AuthToken { token }),
+        Some("oauth2") => {
+            let client_id = SecretSource::parse(&mut s, d, "client_id", false, base);
+            let client_secret = SecretSource::parse(&mut s, d, "client_secret", true, base);
+            let token_url = match s.string(d, "token_url") {
+                Some(url) => match parse_token_url(url) {
+                    Ok(_) => Some(url.to_string()),
+                    Err(e) => {
+                        d.error(s.key("token_url"), e.to_string());
+                        None
+                    }
+                },
+                None => Some(TWILIO_TOKEN_URL.to_string()),
+            };
+            match (client_id, client_secret, token_url) {
+                (Some(client_id), Some(client_secret), Some(token_url)) => {
+                    Some(CredentialConfig::OAuth2 {
+                        client_id,
+                        client_secret,
+                        token_url,
+                    })
+                }
+                _ => None,
+            }
+        }
+        Some(other) => {
+            d.error(
+                s.key("type"),
+                format!(
+                    "unknown credential type {other:?}; expected \"api_key\", \"oauth2\" or \"auth_token\""
+                ),
+            );
+            None
+        }
+        None => {
+            if s.get("type").is_none() {
+                d.error(
+                    s.key("type"),
+                    "missing (\"api_key\", \"oauth2\" or \"auth_token\")",
+                );
+            }
+            None
+        }
+    };
+    if matches!(out, Some(CredentialConfig::AuthToken { .. })) {
+        d.warn(
+            s.key("type"),
+            "auth_token gives full account access; use it for test and development only, an API key in production",
+        );
+    }
+    s.finish(d);
+    out
+}
+
+fn read_policy(root: &mut Section<'_>, d: &mut Diagnostics, base: &Path) -> Option<PolicyConfig> {
+    let Some(mut s) = root.table(d, "policy") else {
+        if root.get("policy").is_none() {
+            d.error(
+                "policy",
+                "missing: without a [policy] every request is denied",
+            );
+        }
+        return None;
+    };
+    let before = d.errors.len();
+    let mode = match s.string(d, "mode") {
+        None | Some("enforce") => Mode::Enforce,
+        Some("audit") => Mode::Audit,
+        Some(other) => {
+            d.error(
+                s.key("mode"),
+                format!("expected \"enforce\" or \"audit\", found {other:?}"),
+            );
+            Mode::Enforce
+        }
+    };
+    let allow = s.strings(d, "allow").unwrap_or_default();
+    let deny = s.strings(d, "deny").unwrap_or_default();
+    let files: Vec<PathBuf> = s
+        .strings(d, "files")
+        .unwrap_or_default()
+        .into_iter()
+        .map(|f| base.join(f))
+        .collect();
+    if allow.is_empty() && files.is_empty() {
+        d.warn(
+            s.key("allow"),
+            "no allow rules: every request will be denied",
+        );
+    }
+    s.finish(d);
+    (d.errors.len() == before).then(|| PolicyConfig {
+        mode,
+        allow: allow.into_iter().map(String::from).collect(),
+        deny: deny.into_iter().map(String::from).collect(),
+        files,
+    })
+}

@@ -1,0 +1,233 @@
+//! The settings types: what each table of the config file means once it has been read, with
+//! the defaults that apply when a key is absent. Plain data; [`super::parse`] fills them in.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::Uri;
+
+use super::secret::SecretSource;
+
+/// `listen.unix` and `listen.unix_mode`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnixListen {
+    pub path: PathBuf,
+    /// File mode of the socket, e.g. `0o660`.
+    pub mode: u32,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// From request received to response head sent, everything included.
+    pub request_timeout: Duration,
+    /// A client must send its complete request head within this.
+    pub header_read_timeout: Duration,
+    /// Larger request bodies get 413 and never reach Twilio.
+    pub max_request_body: u64,
+    /// Largest request head (HTTP/1 buffer, HTTP/2 header list).
+    pub max_header_bytes: usize,
+    /// Requests handled at once; beyond it, 503 with `Retry-After`.
+    pub max_concurrent_requests: usize,
+    /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            request_timeout: Duration::from_secs(60),
+            header_read_timeout: Duration::from_secs(10),
+            max_request_body: 1024 * 1024,
+            max_header_bytes: 64 * 1024,
+            max_concurrent_requests: 1024,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[reload]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReloadConfig {
+    /// Reload when the config file or a file it references changes.
+    pub watch: bool,
+    /// Quiet period after the last change before reloading, so a burst of writes (an editor's
+    /// temp file and rename, Kubernetes' `..data` swap) is one reload.
+    pub debounce: Duration,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            watch: true,
+            debounce: Duration::from_millis(250),
+        }
+    }
+}
+
+/// `[upstream]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    pub default_host: String,
+    pub allowed_hosts: Vec<String>,
+    /// Send every upstream connection here instead of resolving the Twilio host; TLS still
+    /// verifies the Twilio name. For tests and `dev`.
+    pub connect_to: Option<SocketAddr>,
+    /// Extra trusted CA certificates (PEM), added to the webpki roots.
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    /// Requests in flight on one HTTP/2 connection before the pool opens another to the host.
+    pub http2_max_streams: usize,
+}
+
+/// `[[accounts]]`.
+#[derive(Debug, Clone)]
+pub struct AccountConfig {
+    pub sid: String,
+    pub default: bool,
+    pub credential: CredentialConfig,
+}
+
+/// `credential = { type = … }`.
+#[derive(Debug, Clone)]
+pub enum CredentialConfig {
+    /// Basic `SK…:secret`, the production choice.
+    ApiKey {
+        key_sid: SecretSource,
+        secret: SecretSource,
+    },
+    /// Basic `AC…:token`: full account access, for test and development only.
+    AuthToken { token: SecretSource },
+    /// OAuth2 client_credentials: bearer tokens fetched, cached and refreshed by the sidecar.
+    OAuth2 {
+        client_id: SecretSource,
+        client_secret: SecretSource,
+        token_url: String,
+    },
+}
+
+impl CredentialConfig {
+    /// The `type` value.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CredentialConfig::ApiKey { .. } => "api_key",
+            CredentialConfig::AuthToken { .. } => "auth_token",
+            CredentialConfig::OAuth2 { .. } => "oauth2",
+        }
+    }
+
+    /// Every source, with its key name.
+    pub fn sources(&self) -> Vec<(&'static str, &SecretSource)> {
+        match self {
+            CredentialConfig::ApiKey { key_sid, secret } => {
+                vec![("key_sid", key_sid), ("secret", secret)]
+            }
+            CredentialConfig::AuthToken { token } => vec![("token", token)],
+            CredentialConfig::OAuth2 {
+                client_id,
+                client_secret,
+                ..
+            } => vec![("client_id", client_id), ("client_secret", client_secret)],
+        }
+    }
+}
+
+/// `[policy]`.
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    pub mode: Mode,
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+    /// JSON documents `{"allow": [...], "deny": [...]}` whose rules are added.
+    pub files: Vec<PathBuf>,
+}
+
+/// `enforce` refuses denied requests; `audit` forwards them and counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Enforce,
+    Audit,
+}
+
+/// Tunables, from the `[oauth]` config table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OAuthSettings {
+    /// Limit on one token request.
+    pub token_timeout: Duration,
+    /// How long a request without a usable token waits for the fetch in flight.
+    pub wait_for_token: Duration,
+    /// Bodies up to this size are buffered so a request can be replayed after a 401.
+    pub replay_body_limit: u64,
+    /// A token is not attached within this margin of its expiry.
+    pub expiry_margin: Duration,
+    /// First retry delay ceiling after a failed fetch; doubles per failure.
+    pub backoff_base: Duration,
+    /// Largest retry delay ceiling.
+    pub backoff_max: Duration,
+    /// Lifetime assumed when neither `expires_in` nor a JWT `exp` is plausible.
+    pub fallback_lifetime: Duration,
+}
+
+impl Default for OAuthSettings {
+    fn default() -> Self {
+        OAuthSettings {
+            token_timeout: Duration::from_secs(10),
+            wait_for_token: Duration::from_secs(2),
+            replay_body_limit: 64 * 1024,
+            expiry_margin: Duration::from_secs(30),
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            fallback_lifetime: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Twilio's token endpoint.
+pub const TWILIO_TOKEN_URL: &str = "https://oauth.twilio.com/v2/token";
+/// Why a `token_url` cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenUrlError {
+    #[error("{url:?} is not a URL: {reason}")]
+    NotAUrl { url: String, reason: String },
+    #[error("{0:?} must be an https:// URL (tokens are only fetched over verified TLS)")]
+    NotHttps(String),
+}
+
+/// Checks a token URL: https, with a host.
+pub fn parse_token_url(url: &str) -> Result<Uri, TokenUrlError> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| TokenUrlError::NotAUrl {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?;
+    if uri.scheme_str() != Some("https") || uri.host().is_none() {
+        return Err(TokenUrlError::NotHttps(url.to_string()));
+    }
+    Ok(uri)
+}
+
+/// `"250ms"`, `"5s"`, `"2m"`, `"1h"`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.checked_mul(60)?),
+        "h" => Duration::from_secs(n.checked_mul(3600)?),
+        _ => return None,
+    })
+}
+
+/// True for `AC` or `SK` followed by 32 hex digits.
+pub fn is_sid(s: &str, prefix: &str) -> bool {
+    s.len() == 34 && s.starts_with(prefix) && s[2..].bytes().all(|b| b.is_ascii_hexdigit())
+}

@@ -1,0 +1,119 @@
+//! Config parsing: defaults, every error at once, warnings, durations.
+
+use super::*;
+use std::time::Duration;
+
+const SID: &str = "AC0123456789abcdef0123456789abcdef";
+
+fn parse(text: &str) -> Result<(Config, Vec<Diagnostic>), ConfigError> {
+    Config::parse(text, Path::new("/etc/ts"), "test.toml")
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let (c, warnings) = parse(&format!(
+        r#"
+        [[accounts]]
+        sid = "{SID}"
+        credential = {{ type = "api_key", key_sid = {{ env = "K" }}, secret = {{ file = "secret" }} }}
+        [policy]
+        allow = ["/2010-04-01/Accounts/{{AccountSid}}/Messages*"]
+        "#
+    ))
+    .unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+    assert_eq!(c.admin.to_string(), DEFAULT_ADMIN);
+    assert_eq!(c.upstream.allowed_hosts.len(), 38);
+    assert!(c.accounts[0].default);
+    match &c.accounts[0].credential {
+        CredentialConfig::ApiKey { secret, .. } => {
+            assert_eq!(secret.file(), Some(Path::new("/etc/ts/secret")))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn every_error_at_once_naming_the_key() {
+    let err = parse(
+        r#"
+        bogus = 1
+        [listen]
+        address = "nope"
+        [upstream]
+        default_host = "evil.example"
+        request_timeout = "soon"
+        http2_max_streams = 0
+        colour = "blue"
+        [[accounts]]
+        sid = "AC1"
+        credential = { type = "oauth3" }
+        [[accounts]]
+        credential = { type = "api_key", key_sid = "SKnope", secret = { file = "a", env = "B" } }
+        [policy]
+        mode = "strict"
+        allow = [1]
+        "#,
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    for needle in [
+        "test.toml: error: bogus: unknown key",
+        "listen.address: expected an IP:PORT",
+        "upstream.default_host: \"evil.example\" is not in upstream.allowed_hosts",
+        "upstream.request_timeout: expected a positive duration",
+        "upstream.http2_max_streams: must be at least 1",
+        "upstream.colour: unknown key",
+        "accounts[0].sid: \"AC1\" is not an account SID",
+        "accounts[0].credential.type: unknown credential type \"oauth3\"",
+        "accounts[1].sid: missing",
+        "accounts[1].credential.key_sid: not an API key SID",
+        "accounts[1].credential.secret: give either file or env, not both",
+        "policy.mode: expected \"enforce\" or \"audit\"",
+        "policy.allow[0]: expected a string",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn warnings_for_inline_secrets_and_auth_tokens() {
+    let (_, warnings) = parse(&format!(
+        r#"
+        [listen]
+        address = "0.0.0.0:8080"
+        [[accounts]]
+        sid = "{SID}"
+        credential = {{ type = "auth_token", token = "abc" }}
+        [policy]
+        allow = ["/x"]
+        "#
+    ))
+    .unwrap();
+    let text: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
+    assert!(
+        text.iter().any(|w| w.starts_with("listen.address")),
+        "{text:?}"
+    );
+    assert!(text.iter().any(|w| w.contains("inline secret")), "{text:?}");
+    assert!(text.iter().any(|w| w.contains("auth_token")), "{text:?}");
+}
+
+#[test]
+fn syntax_errors_give_a_position_but_never_echo_the_line() {
+    let err =
+        parse("[upstream]\ndefault_host = \"api.twilio.com\"\nsecret = \"hunter2").unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("invalid TOML at line 3"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+    assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
+    assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+    assert_eq!(parse_duration("5"), None);
+    assert_eq!(parse_duration("s"), None);
+}

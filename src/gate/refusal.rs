@@ -1,0 +1,59 @@
+//! Why the gate refused a request, with the status and Twilio-style code it stands for (the
+//! codes are in the README's error table). [`crate::proxy::error`] is the one place a refusal
+//! becomes a response, for the proxy and for `check` alike.
+
+use http::{Method, StatusCode};
+
+/// A request the admission phases refuse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No allow rule matched, or a deny rule did.
+    #[error("{method} {host}{path} was refused by the twilio-sidecar policy ({reason})")]
+    Denied {
+        method: Method,
+        host: String,
+        path: String,
+        reason: String,
+    },
+    /// The path failed the canonical-or-refuse check.
+    #[error("the request path was refused because it is not canonical: {0}")]
+    NonCanonicalPath(String),
+    /// Bad or ambiguous request target / Host.
+    #[error("the request target was refused: {0}")]
+    BadTarget(String),
+    /// The request names a host outside `upstream.allowed_hosts`.
+    #[error("{0}")]
+    HostNotAllowed(String),
+    /// `/2010-04-01/Accounts/{sid}` with a SID the sidecar holds no credential for.
+    #[error("account {0} is not configured in twilio-sidecar, so it holds no credential for it")]
+    UnknownAccount(String),
+    /// A method outside GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS.
+    #[error("method {0:?} is not forwarded by twilio-sidecar; use GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS")]
+    MethodNotAllowed(String),
+}
+
+impl Refusal {
+    /// The HTTP status of the answer.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::Denied { .. } | Refusal::HostNotAllowed(_) | Refusal::UnknownAccount(_) => {
+                StatusCode::FORBIDDEN
+            }
+            Refusal::NonCanonicalPath(_) | Refusal::BadTarget(_) => StatusCode::BAD_REQUEST,
+            Refusal::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    /// The Twilio-style error code: 70051 is Twilio's own for a permission a restricted key
+    /// lacks; 794xx are the sidecar's.
+    pub fn code(&self) -> u32 {
+        match self {
+            Refusal::Denied { .. } => 70051,
+            Refusal::NonCanonicalPath(_) => 79400,
+            Refusal::BadTarget(_) => 79401,
+            Refusal::HostNotAllowed(_) => 79403,
+            Refusal::UnknownAccount(_) => 79404,
+            Refusal::MethodNotAllowed(_) => 79405,
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! The proxy's metrics: requests by decision and rule, their latency, rule hits, what is in
+//! flight, what was shed, and the answers made for want of a credential.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+
+use super::{cache, next_id, LATENCY_BUCKETS};
+
+/// The labels of `requests_total`, in exposition order.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLabels<'a> {
+    /// allow, deny, audit_deny, refused or shed.
+    pub decision: &'a str,
+    /// The rule text that decided, or `-`.
+    pub rule: &'a str,
+    /// An allowed Twilio host, or `-`.
+    pub host: &'a str,
+    /// A forwarded method's name, or `OTHER`.
+    pub method: &'a str,
+    pub status: &'a str,
+}
+
+impl<'a> RequestLabels<'a> {
+    fn values(&self) -> [&'a str; 5] {
+        [
+            self.decision,
+            self.rule,
+            self.host,
+            self.method,
+            self.status,
+        ]
+    }
+}
+
+/// Metrics the proxy's request path updates.
+pub struct ProxyMetrics {
+    /// Tells this instance's entries apart in the per-thread handle caches.
+    id: u64,
+    /// Bumped when rule series are retired, so no thread keeps counting into one.
+    rule_epoch: AtomicU64,
+    /// Requests by decision, rule, host, method and status.
+    pub requests: IntCounterVec,
+    /// Whole-request latency as the app sees it (to response head), by host and decision.
+    pub request_duration: HistogramVec,
+    /// Times each rule decided a request, by effect and rule text; every rule of the current
+    /// policy is present, at zero until it first decides, so unused rules stand out.
+    pub rule_hits: IntCounterVec,
+    /// Requests being handled now.
+    pub in_flight: IntGauge,
+    /// Requests shed (503) at `limits.max_concurrent_requests`.
+    pub load_shed: IntCounter,
+    /// Requests answered 503 because no usable credential was available, by account.
+    pub no_credential: IntCounterVec,
+    /// Requests replayed after Twilio rejected a bearer token with 401, by account and result.
+    pub oauth_replays: IntCounterVec,
+}
+
+impl ProxyMetrics {
+    pub fn new() -> Result<ProxyMetrics, prometheus::Error> {
+        Ok(ProxyMetrics {
+            id: next_id(),
+            rule_epoch: AtomicU64::new(0),
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "requests_total",
+                    "Requests by policy decision, rule, Twilio host, method and response status.",
+                ),
+                &["decision", "rule", "host", "method", "status"],
+            )?,
+            request_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "request_duration_seconds",
+                    "Time from request received to response head sent.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["host", "decision"],
+            )?,
+            rule_hits: IntCounterVec::new(
+                Opts::new(
+                    "policy_rule_hits_total",
+                    "Requests each policy rule decided (allowed, or denied, in either mode).",
+                ),
+                &["effect", "rule"],
+            )?,
+            in_flight: IntGauge::new("in_flight_requests", "Requests being handled now.")?,
+            load_shed: IntCounter::new(
+                "load_shed_total",
+                "Requests shed with 503 because limits.max_concurrent_requests were in flight.",
+            )?,
+            no_credential: IntCounterVec::new(
+                Opts::new(
+                    "no_credential_total",
+                    "Requests answered 503 because the account had no usable credential.",
+                ),
+                &["account"],
+            )?,
+            oauth_replays: IntCounterVec::new(
+                Opts::new(
+                    "oauth_replays_total",
+                    "Requests replayed with a new token after Twilio answered 401, by result (replayed, not_replayable).",
+                ),
+                &["account", "result"],
+            )?,
+        })
+    }
+
+    pub(super) fn register(&self, registry: &Registry) -> Result<(), prometheus::Error> {
+        registry.register(Box::new(self.requests.clone()))?;
+        registry.register(Box::new(self.request_duration.clone()))?;
+        registry.register(Box::new(self.rule_hits.clone()))?;
+        registry.register(Box::new(self.in_flight.clone()))?;
+        registry.register(Box::new(self.load_shed.clone()))?;
+        registry.register(Box::new(self.no_credential.clone()))?;
+        registry.register(Box::new(self.oauth_replays.clone()))?;
+        Ok(())
+    }
+
+    /// One finished request: counted by its labels, its latency observed by host and decision.
+    pub fn request(&self, labels: &RequestLabels<'_>, seconds: f64) {
+        cache::inc(self.id << 8, &self.requests, &labels.values());
+        cache::observe(
+            self.id << 8 | 0x80,
+            &self.request_duration,
+            &[labels.host, labels.decision],
+            seconds,
+        );
+    }
+
+    /// A rule decided a request.
+    pub fn rule_hit(&self, effect: &str, rule: &str) {
+        let seed = (self.id << 8 | 1) ^ (self.rule_epoch.load(Ordering::Relaxed) << 32);
+        cache::inc(seed, &self.rule_hits, &[effect, rule]);
+    }
+
+    /// Makes a rule's series exist (at zero until it first decides).
+    pub fn declare_rule(&self, effect: &str, rule: &str) {
+        self.rule_hits.with_label_values(&[effect, rule]);
+    }
+
+    /// Drops the series of a rule a reload removed.
+    pub fn retire_rule(&self, effect: &str, rule: &str) {
+        let _ = self.rule_hits.remove_label_values(&[effect, rule]);
+        self.rule_epoch.fetch_add(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,378 @@
+//! The request phases, one function each, run top to bottom by [`Proxy::pipeline`] on one
+//! state snapshot. Each says what it may change and when it short-circuits; a phase that
+//! refuses returns a [`ProxyError`] and nothing after it runs.
+
+use bytes::Bytes;
+use http::header;
+use http::request::Parts;
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
+use hyper::body::Body as _;
+use hyper::body::Incoming;
+use tracing::warn;
+
+use super::headers::{strip_request_headers, strip_response_headers};
+use super::paging::{rewrite_links, LinkBase, MAX_REWRITE_BODY};
+use super::{Proxy, Record};
+use crate::control::state::State;
+use crate::credentials::{Account, Attached};
+use crate::gate::policy::Verdict;
+use crate::gate::route::{HostId, Hosts, RouteSource};
+use crate::gate::{Admission, Gate, Refusal, Trace};
+use crate::proxy::error::ProxyError;
+use crate::upstream::body::{replayable, RequestBody, ResponseBody as Body, UpstreamBody};
+use crate::upstream::UpstreamFailure;
+
+/// Twilio's own request id, logged when present.
+const TWILIO_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("twilio-request-id");
+
+/// What the forwarded request keeps of the received one once it is admitted.
+struct Target {
+    host: HostId,
+    /// The original bytes, minus a stripped host prefix.
+    path_and_query: PathAndQuery,
+    /// For a GET that may come back as a page of a list: how the request reached the sidecar
+    /// and its authority, so the page's links can point back here.
+    paging: Option<(RouteSource, Option<HeaderValue>)>,
+}
+
+impl Proxy {
+    /// Phases 1–8 for one request.
+    pub(super) async fn pipeline<'s>(
+        &self,
+        state: &'s State,
+        req: Request<Incoming>,
+        record: &mut Record<'s>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let (parts, body) = req.into_parts();
+        // Phases 1–4 read the request only: the same code `check` runs.
+        let target = self.admit(state, &parts, record)?;
+        let account = &state.accounts[record.account_index];
+        // A stated body length over the limit is refused before anything else happens.
+        let max = state.config.limits.max_request_body;
+        if body.size_hint().lower() > max {
+            return Err(ProxyError::BodyTooLarge(max));
+        }
+        let attached = self.credential(account, record.account).await?;
+        let (req, replay) = upstream_request(state, parts, body, &target, &attached).await?;
+        let response = self
+            .upstream_call(state, record, account, req, replay, attached)
+            .await?;
+        self.respond(state, response, target.paging, record).await
+    }
+
+    /// Phases 1–4 — **route**, **canonical path**, **policy**, **account** — as the gate
+    /// decides them ([`Gate::admit`]). Changes nothing; records how far the request got.
+    /// Short-circuits with the gate's refusal (400/403/405), or 403 (70051) on a denial in
+    /// enforce mode; an audit-mode denial is logged and goes on.
+    fn admit<'s>(
+        &self,
+        state: &'s State,
+        parts: &Parts,
+        record: &mut Record<'s>,
+    ) -> Result<Target, Refusal> {
+        let mut trace = Trace::default();
+        let admitted = state.gate.admit(parts, &mut trace);
+        let hosts = &state.gate.router.hosts;
+        record.host = trace.host.map_or("-", |h| hosts.name(h));
+        record.path_offset = trace.path_offset;
+        if let Some(decision) = trace.decision {
+            record.decision = decision.label();
+            record.rule = state.gate.policy.rule_label(decision.verdict);
+            if let Verdict::Allow { rule } | Verdict::Deny { rule } = decision.verdict {
+                let effect = state.gate.policy.rules()[rule as usize].effect.as_str();
+                self.metrics.proxy.rule_hit(effect, record.rule);
+            }
+        }
+        let admission = admitted?;
+        record.account_index = admission.account;
+        record.account = &state.accounts[admission.account].sid;
+        if Gate::is_audit_only(&admission.decision) {
+            warn!(
+                method = %parts.method,
+                host = record.host,
+                path = admission.route.path,
+                rule = record.rule,
+                "policy audit: this request would be denied in enforce mode; forwarding it"
+            );
+        }
+        target(hosts, parts, &admission)
+    }
+
+    /// Phase 5 — **credential**: the account's `Authorization` value. A static one never
+    /// waits; an OAuth2 account with no usable token waits briefly for the fetch in flight,
+    /// then short-circuits with 503 (counted).
+    async fn credential(&self, account: &Account, sid: &str) -> Result<Attached, ProxyError> {
+        account.credential.attach().await.map_err(|e| {
+            self.metrics
+                .proxy
+                .no_credential
+                .with_label_values(&[sid])
+                .inc();
+            ProxyError::NoCredential(e.0)
+        })
+    }
+
+    /// Phase 7 — **upstream call**: pooled, verified TLS; 502/504 on failure. A 401 to a bearer
+    /// token drops that token and replays the request once with a new one, when it was
+    /// buffered. Twilio's answer, whatever it is, goes on to the response phase.
+    async fn upstream_call(
+        &self,
+        state: &State,
+        record: &Record<'_>,
+        account: &Account,
+        req: Request<RequestBody>,
+        replay: Option<Request<RequestBody>>,
+        attached: Attached,
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
+        let mut response = self.exchange(state, record.host, req).await?;
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return Ok(response);
+        }
+        let Some((cache, id)) = &attached.bearer else {
+            return Ok(response);
+        };
+        // Drop the rejected token (if no other request already did) and replay once.
+        cache.invalidate(*id);
+        let outcome = if replay.is_some() {
+            "replayed"
+        } else {
+            "not_replayable"
+        };
+        self.metrics
+            .proxy
+            .oauth_replays
+            .with_label_values(&[record.account, outcome])
+            .inc();
+        if let Some(mut req) = replay {
+            let again = self.credential(account, record.account).await?;
+            req.headers_mut()
+                .insert(header::AUTHORIZATION, again.header.clone());
+            drop(response);
+            response = self.exchange(state, record.host, req).await?;
+            if response.status() == StatusCode::UNAUTHORIZED {
+                if let Some((cache, id)) = &again.bearer {
+                    cache.invalidate(*id);
+                }
+            }
+        }
+        Ok(response)
+    }
+
+    /// One upstream exchange, timed and counted; failures become 502/504.
+    async fn exchange(
+        &self,
+        state: &State,
+        host: &str,
+        req: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
+        let sent = std::time::Instant::now();
+        let result = state.upstream.send(req).await;
+        let upstream = &self.metrics.upstream;
+        upstream.exchange(host, sent.elapsed().as_secs_f64());
+        result.map_err(|kind| {
+            upstream.error(host, kind.as_str());
+            let host = host.to_string();
+            match kind {
+                UpstreamFailure::Timeout => ProxyError::UpstreamTimeout { host },
+                kind => ProxyError::UpstreamUnreachable { host, kind },
+            }
+        })
+    }
+
+    /// Phase 8 — **response**: hop-by-hop headers dropped, everything else (Twilio's own
+    /// errors too) passed back as received, body streamed; except that a JSON page's paging
+    /// links are pointed back at the sidecar ([`crate::proxy::paging`]).
+    async fn respond(
+        &self,
+        state: &State,
+        mut response: Response<UpstreamBody>,
+        paging: Option<(RouteSource, Option<HeaderValue>)>,
+        record: &mut Record<'_>,
+    ) -> Result<Response<Body>, ProxyError> {
+        strip_response_headers(response.headers_mut());
+        record.twilio_request_id = response.headers().get(TWILIO_REQUEST_ID).cloned();
+        if let Some((source, authority)) = paging {
+            if let Some(len) = rewritable_json(&response) {
+                let hosts = &state.gate.router.hosts;
+                let default_host = hosts.name(state.gate.router.default_host);
+                let base = LinkBase::for_request(source, authority.as_ref(), default_host);
+                return self
+                    .rewrite_paging(response, len, base, hosts, record.host)
+                    .await;
+            }
+        }
+        Ok(response.map(Either::Left))
+    }
+
+    /// Buffers a (bounded, uncompressed) JSON page and points its paging links back here.
+    async fn rewrite_paging(
+        &self,
+        response: Response<UpstreamBody>,
+        len: u64,
+        base: Option<LinkBase>,
+        hosts: &Hosts,
+        host: &str,
+    ) -> Result<Response<Body>, ProxyError> {
+        let (mut parts, body) = response.into_parts();
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|_| {
+                self.metrics
+                    .upstream
+                    .error(host, UpstreamFailure::Protocol.as_str());
+                ProxyError::UpstreamUnreachable {
+                    host: host.to_string(),
+                    kind: UpstreamFailure::Protocol,
+                }
+            })?
+            .to_bytes();
+        let body = match base.and_then(|b| rewrite_links(&bytes, &b, hosts)) {
+            Some(rewritten) => {
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
+                Bytes::from(rewritten)
+            }
+            None => {
+                debug_assert_eq!(bytes.len() as u64, len);
+                bytes
+            }
+        };
+        Ok(Response::from_parts(parts, Either::Right(Full::new(body))))
+    }
+}
+
+/// What an admitted request forwards: its host, its target minus a stripped host prefix, and
+/// (for a GET that may come back as a page) what the paging rewrite needs.
+fn target(hosts: &Hosts, parts: &Parts, admission: &Admission<'_>) -> Result<Target, Refusal> {
+    let route = admission.route;
+    // A GET may come back as a page of a list whose links must point back here: keep what the
+    // rewrite needs (reference-counted clones; the link base is built only if needed). (The
+    // 2010 API on api.* pages with relative `next_page_uri`: nothing to rewrite, so its
+    // responses stream untouched.)
+    let pages_with_links =
+        parts.method == Method::GET && !hosts.name(route.host).starts_with("api.");
+    let paging = pages_with_links.then(|| {
+        let authority = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        (route.source, authority)
+    });
+    let path_and_query = match (route.source, parts.uri.path_and_query()) {
+        (RouteSource::PathPrefix, _) | (_, None) => {
+            let mut pq =
+                String::with_capacity(route.path.len() + 1 + route.query.map_or(0, str::len));
+            pq.push_str(route.path);
+            if let Some(q) = route.query {
+                pq.push('?');
+                pq.push_str(q);
+            }
+            PathAndQuery::try_from(pq).map_err(|e| Refusal::BadTarget(e.to_string()))?
+        }
+        (_, Some(pq)) => pq.clone(),
+    };
+    Ok(Target {
+        host: route.host,
+        path_and_query,
+        paging,
+    })
+}
+
+/// Phase 6 — **upstream request**: the URI becomes `https://{host}{path}`; the app's
+/// credentials, hop-by-hop and method/URL-override headers are stripped and `Authorization`
+/// attached. The body never exceeds `limits.max_request_body` on its way to Twilio (413
+/// otherwise): one of unknown length (chunked) is read first, bounded; a small one is
+/// buffered too, so the request can be sent again — after a 401 with a bearer token (the
+/// returned copy), or when Twilio's HTTP/2 edge refuses the stream unprocessed. Larger bodies
+/// stream through untouched.
+async fn upstream_request(
+    state: &State,
+    mut parts: Parts,
+    body: Incoming,
+    target: &Target,
+    attached: &Attached,
+) -> Result<(Request<RequestBody>, Option<Request<RequestBody>>), ProxyError> {
+    let hosts = &state.gate.router.hosts;
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTPS);
+    uri.authority = Some(hosts.authority(target.host).clone());
+    uri.path_and_query = Some(target.path_and_query.clone());
+    parts.uri = Uri::from_parts(uri).map_err(|e| Refusal::BadTarget(e.to_string()))?;
+    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+        // Chunked framing wins over a stated length; never forward both.
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    strip_request_headers(&mut parts.headers);
+    if target.paging.is_some() {
+        // Paging links can only be rewritten in a body that is not compressed.
+        parts.headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
+    parts
+        .headers
+        .insert(header::AUTHORIZATION, attached.header.clone());
+    // hyper picks HTTP/2 or 1.1 upstream by ALPN, whatever the app spoke.
+    parts.version = Version::HTTP_11;
+
+    let max = state.config.limits.max_request_body;
+    let replay_limit = state.config.oauth.replay_body_limit;
+    let known = body.size_hint().upper();
+    let limited = Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX));
+    let buffer = match known {
+        None => true,
+        // Nothing to hold, except that a bearer request's 401 replay is built from it.
+        Some(0) => attached.bearer.is_some(),
+        Some(n) => n <= replay_limit,
+    };
+    let (body, replayable_size) = if buffer {
+        let bytes = limited
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<LengthLimitError>() {
+                    ProxyError::BodyTooLarge(max)
+                } else {
+                    ProxyError::BadBody(e.to_string())
+                }
+            })?
+            .to_bytes();
+        let size = bytes.len() as u64;
+        (Either::Right(Full::new(bytes)), size <= replay_limit)
+    } else {
+        (Either::Left(limited), false)
+    };
+    let req = Request::from_parts(parts, body);
+    // A bearer request keeps a copy to send again if Twilio rejects the token.
+    let replay = (attached.bearer.is_some() && replayable_size)
+        .then(|| replayable(&req))
+        .flatten();
+    Ok((req, replay))
+}
+
+/// The length of a response whose paging links may be rewritten: a successful, uncompressed
+/// JSON body of a known size up to [`MAX_REWRITE_BODY`].
+fn rewritable_json(response: &Response<UpstreamBody>) -> Option<u64> {
+    let headers = response.headers();
+    let json = headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        // Case-insensitive, without allocating: `application/json` or `application/…+json`.
+        let ct = v.as_bytes();
+        let essence = ct.split(|b| *b == b';').next().unwrap_or(ct).trim_ascii();
+        essence.eq_ignore_ascii_case(b"application/json")
+            || (essence.len() > 17
+                && essence[..12].eq_ignore_ascii_case(b"application/")
+                && essence[essence.len() - 5..].eq_ignore_ascii_case(b"+json"))
+    });
+    let identity = headers
+        .get(header::CONTENT_ENCODING)
+        .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let len = response.body().size_hint().exact()?;
+    (response.status().is_success() && json && identity && len <= MAX_REWRITE_BODY).then_some(len)
+}
