@@ -10,10 +10,12 @@
 //! admin listener are served on the main runtime.
 //!
 //! The app-facing stack, outermost first:
-//! - load shedding (tower): beyond `limits.max_concurrent_requests`, answer 503 at once
-//!   instead of queueing, so a stuck Twilio cannot pile up unbounded work;
-//! - concurrency limit (tower): the bound itself, shared by the TCP and unix listeners;
-//! - the proxy ([`crate::proxy`]): body limit, whole-request timeout, the request phases.
+//! - the accept loop ([`crate::proxy::server`]): header read timeout and size cap, HTTP/1.1
+//!   and h2c on one port, graceful drain;
+//! - load shedding: a semaphore permit per request, shared by the TCP and unix listeners;
+//!   beyond `limits.max_concurrent_requests` the answer is 503 at once instead of a queue, so
+//!   a stuck Twilio cannot pile up unbounded work;
+//! - the proxy ([`crate::proxy`]): whole-request timeout, the request phases.
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -7,7 +7,26 @@
 //!
 //! # Layout
 //!
-//! LAYOUT
+//! One crate whose folders follow the request one way, `proxy → gate / credentials /
+//! upstream → config`; `tests/layout.rs` fails on an import cycle between them.
+//!
+//! - [`proxy`]: the data path — [`proxy::server`] (accept loop: bound listener in, shutdown
+//!   future, drain), the request phases as named functions, and [`proxy::error`], the one
+//!   place errors become responses.
+//! - [`gate`]: phases 1–4 as pure functions, shared with `check`: [`gate::route`] (which
+//!   Twilio host; never an open proxy), [`gate::request_path`] (canonical or refused),
+//!   [`gate::policy`] (rule language, matcher, lint), [`gate::catalogue`] (Twilio's operations).
+//! - [`credentials`]: what each account attaches — Basic headers, and the OAuth2 token cache
+//!   ([`credentials::oauth`]) with its injected fetcher and clock.
+//! - [`upstream`]: verified TLS to Twilio ([`upstream::tls`]), bodies ([`upstream::body`]) and
+//!   the per-thread connection pool ([`upstream::pool`]).
+//! - [`control`]: the arc-swapped per-generation [`control::state`], [`control::reload`] with
+//!   its file [`control::watch`], and the [`control::admin`] endpoints.
+//! - [`config`] and [`metrics`]: leaves that everything imports and that import nothing of the
+//!   crate — settings types (TOML in, every problem at once) and one metrics struct per
+//!   component.
+//! - Around them: [`app`] (wiring: build, bind, serve, drain), [`commands`] (`check`,
+//!   `validate`), [`dev`] (`dev` mode and its TLS stand-in for Twilio) and [`telemetry`].
 
 #![forbid(unsafe_code)]
 

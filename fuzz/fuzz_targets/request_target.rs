@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 use http::{header, HeaderValue, Method, Request};
 use libfuzzer_sys::fuzz_target;
 use twilio_sidecar::config::Config;
+use twilio_sidecar::dev::DEMO_POLICY;
 use twilio_sidecar::gate::{Gate, Trace};
 use twilio_sidecar::gate::request_path::CanonicalPath;
 
@@ -26,15 +27,7 @@ allowed_hosts = ["api.twilio.com", "verify.twilio.com", "lookups.twilio.com"]
 [[accounts]]
 sid = "{SID}"
 credential = {{ type = "auth_token", token = {{ env = "UNUSED" }} }}
-[policy]
-allow = [
-  "POST /2010-04-01/Accounts/{{AccountSid}}/Messages.json",
-  "GET /2010-04-01/Accounts/{{AccountSid}}/Messages*",
-  "POST verify.twilio.com /v2/Services/*/Verifications",
-  "GET lookups.twilio.com /v2/PhoneNumbers/*",
-]
-deny = ["* /2010-04-01/Accounts/{{AccountSid}}/Messages/*/Media*"]
-"#
+{DEMO_POLICY}"#
         );
         let (config, _) = Config::parse(&text, std::path::Path::new("."), "fuzz").expect("config");
         Gate::build(&config).expect("gate")

@@ -19,6 +19,18 @@ pub const DEV_ACCOUNT_SID: &str = "AC0123456789abcdef0123456789abcdef";
 pub const DEV_KEY_SID: &str = "SKfedcba9876543210fedcba9876543210";
 const DEV_KEY_SECRET: &str = "dev-only-secret-not-a-real-credential";
 
+/// The demo policy: messages sent and read, Verify verifications, Lookups; API keys never.
+/// (The fuzz target decides requests under it too.)
+pub const DEMO_POLICY: &str = r#"[policy]
+allow = [
+  "POST /2010-04-01/Accounts/{AccountSid}/Messages.json",
+  "GET /2010-04-01/Accounts/{AccountSid}/Messages*",
+  "POST verify.twilio.com /v2/Services/*/Verifications",
+  "GET lookups.twilio.com /v2/PhoneNumbers/*",
+]
+deny = ["* /2010-04-01/Accounts/{AccountSid}/Keys*"]
+"#;
+
 /// The demo config: `connect_to` points at the stand-in.
 pub fn dev_config_text(listen: SocketAddr, admin: SocketAddr, stand_in: SocketAddr) -> String {
     format!(
@@ -36,15 +48,7 @@ connect_to = "{stand_in}"
 sid = "{DEV_ACCOUNT_SID}"
 credential = {{ type = "api_key", key_sid = "{DEV_KEY_SID}", secret = "{DEV_KEY_SECRET}" }}
 
-[policy]
-allow = [
-  "POST /2010-04-01/Accounts/{{AccountSid}}/Messages.json",
-  "GET /2010-04-01/Accounts/{{AccountSid}}/Messages*",
-  "POST verify.twilio.com /v2/Services/*/Verifications",
-  "GET lookups.twilio.com /v2/PhoneNumbers/*",
-]
-deny = ["* /2010-04-01/Accounts/{{AccountSid}}/Keys*"]
-"#
+{DEMO_POLICY}"#
     )
 }
 

@@ -2,7 +2,7 @@
 //! percent-decoded segments the policy matches on.
 //!
 //! A path is accepted only when there is exactly one sensible reading of it; everything a server
-//! somewhere might normalise differently is refused instead (DESIGN §4): `.`/`..` segments raw or
+//! somewhere might normalise differently is refused instead (README "Policy"): `.`/`..` segments raw or
 //! encoded, empty segments, encoded `/` `\` `?` `#` `;`, raw `\` `;` `#`, control characters,
 //! non-ASCII bytes, invalid percent-encoding and decoded bytes that are not UTF-8 (overlong
 //! forms such as `%c0%af` included). Decoding happens once: `%252F` becomes the literal text

@@ -1,4 +1,4 @@
-//! Routing: which Twilio host a request is for (DESIGN §3), and the refusals that keep the
+//! Routing: which Twilio host a request is for (README "Routing"), and the refusals that keep the
 //! sidecar from ever being an open proxy.
 //!
 //! The target host is, in order: the host of an absolute-form request target; the `Host` header

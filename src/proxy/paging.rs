@@ -1,7 +1,7 @@
 //! Paging links: Twilio's newer APIs answer list requests with absolute
 //! `meta.next_page_url`, `previous_page_url`, `first_page_url` and `url` that SDKs follow
 //! verbatim. They point at twilio.com, so paging would leave the sidecar; they are rewritten to
-//! point back at it, in the form the request came in (DESIGN §3, §7).
+//! point back at it, in the form the request came in (README "Routing" and "Error codes").
 //!
 //! Only JSON bodies of a known size up to [`MAX_REWRITE_BODY`], only those four keys of the
 //! top-level `meta` object, only links to allowed Twilio hosts. The rewrite splices the new

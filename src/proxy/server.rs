@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tracing::{debug, warn};
 
-use crate::upstream::ResponseBody;
+use crate::upstream::body::ResponseBody;
 
 /// Connection-level limits.
 #[derive(Debug, Clone, Copy)]
@@ -93,25 +93,33 @@ pub async fn hand_off(
     queues: Vec<tokio::sync::mpsc::UnboundedSender<std::net::TcpStream>>,
     shutdown: impl Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
     let mut next = 0usize;
+    accept_until(&listener, shutdown, |stream, _| match stream.into_std() {
+        Ok(stream) => {
+            let _ = queues[next % queues.len()].send(stream);
+            next = next.wrapping_add(1);
+        }
+        Err(e) => warn!(error = %e, "cannot hand a connection over"),
+    })
+    .await;
+}
+
+/// Accepts from `listener` until `shutdown` completes, passing each connection and its peer
+/// to `accepted`.
+async fn accept_until<L: Acceptor>(
+    listener: &L,
+    shutdown: impl Future<Output = ()>,
+    mut accepted: impl FnMut(L::Io, String),
+) {
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             biased;
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    // Small request/response exchanges: do not wait to coalesce.
-                    let _ = stream.set_nodelay(true);
-                    match stream.into_std() {
-                        Ok(stream) => {
-                            let _ = queues[next % queues.len()].send(stream);
-                            next = next.wrapping_add(1);
-                        }
-                        Err(e) => warn!(error = %e, "cannot hand a connection over"),
-                    }
-                }
+            () = &mut shutdown => return,
+            result = listener.accept() => match result {
+                Ok((stream, peer)) => accepted(stream, peer),
                 Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
                     warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -142,37 +150,23 @@ pub async fn serve<L, H, F>(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX));
     let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-
-    loop {
-        tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let handler = handler.clone();
-                    let service = service_fn(move |req| {
-                        let fut = handler(req);
-                        async move { Ok::<_, Infallible>(fut.await) }
-                    });
-                    let conn = builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .into_owned();
-                    let conn = graceful.watch(conn);
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            debug!(%peer, error = %e, "connection ended with an error");
-                        }
-                    });
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-        }
-    }
+    accept_until(&listener, shutdown, |stream, peer| {
+        let handler = handler.clone();
+        let service = service_fn(move |req| {
+            let fut = handler(req);
+            async move { Ok::<_, Infallible>(fut.await) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    })
+    .await;
     // Dropping the listener closes the socket: new connections are refused from here on.
     drop(listener);
     tokio::select! {

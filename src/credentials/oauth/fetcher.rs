@@ -6,13 +6,13 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{FetchError, TokenFetcher};
 #[cfg(test)]
 use crate::config::TWILIO_TOKEN_URL;
 use crate::config::{parse_token_url, TokenUrlError};
@@ -21,6 +21,36 @@ use crate::upstream::UpstreamFailure;
 
 /// The largest token response read.
 const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
+
+/// Why a token fetch failed. Messages name the endpoint's fault, never the secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    #[error("cannot reach the token endpoint ({0})")]
+    Connect(String),
+    #[error("the token endpoint did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the token endpoint answered HTTP {0}")]
+    Status(u16),
+    #[error("the token endpoint's answer is not a usable token: {0}")]
+    Malformed(String),
+}
+
+impl FetchError {
+    /// `result` label of the fetch metric.
+    pub fn label(&self) -> &'static str {
+        match self {
+            FetchError::Connect(_) => "connect_error",
+            FetchError::Timeout(_) => "timeout",
+            FetchError::Status(_) => "http_error",
+            FetchError::Malformed(_) => "malformed",
+        }
+    }
+}
+
+/// Fetches one token response body from the token endpoint. Non-2xx answers are errors.
+pub trait TokenFetcher: Send + Sync + 'static {
+    fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<Bytes, FetchError>> + Send + '_>>;
+}
 
 /// Fetches tokens over HTTPS.
 pub struct HttpTokenFetcher {

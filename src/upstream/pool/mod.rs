@@ -1,6 +1,6 @@
 //! Connections to Twilio hosts, kept per serving thread and per host: checkout, connect and
-//! the send loop here; [`h1`] leased HTTP/1.1 connections, [`h2`] shared HTTP/2 connections
-//! and their streams, [`sweep`] idle connections closed.
+//! the send loop here; `h1` leased HTTP/1.1 connections, `h2` shared HTTP/2 connections
+//! and their streams, `sweep` idle connections closed.
 //!
 //! Why not hyper-util's legacy pooled client: callgrind put it at ~9k instructions a request on
 //! the load benchmark — SipHash over the host name on every checkout and every return, a boxed

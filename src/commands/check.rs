@@ -1,0 +1,178 @@
+//! `twilio-sidecar check`: what the sidecar would do with one request, explained phase by
+//! phase with the same gate the proxy runs. Reads no secrets.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use http::{header, HeaderValue, Method, Request, Uri};
+
+use crate::config::hosts::is_twilio_name;
+use crate::config::{Config, CredentialConfig, SecretSource, EXIT_CONFIG};
+use crate::gate::catalogue;
+use crate::gate::policy::Verdict;
+use crate::gate::request_path::CanonicalPath;
+use crate::gate::route::RouteSource;
+use crate::gate::{Gate, Trace};
+use crate::proxy::error::ProxyError;
+
+/// Exit codes of `check`.
+pub const CHECK_ALLOWED: i32 = 0;
+pub const CHECK_DENIED: i32 = 1;
+pub const CHECK_INVALID: i32 = 2;
+
+/// `twilio-sidecar check`: what the sidecar would do with `METHOD URL`. Reads no secrets.
+/// Returns the report and the exit code (0 allowed, 1 denied or refused, 2 invalid input,
+/// 64 bad config).
+pub fn check(config_path: &Path, method: &str, url: &str) -> (String, i32) {
+    let config = match Config::load(config_path) {
+        Ok((config, _)) => config,
+        Err(e) => return (e.to_string(), EXIT_CONFIG),
+    };
+    let gate = match Gate::build(&config) {
+        Ok(g) => g,
+        Err(problems) => {
+            let text = problems
+                .iter()
+                .map(|p| format!("{}: error: {p}", config_path.display()))
+                .collect::<Vec<_>>()
+                .join("\n");
+            return (text, EXIT_CONFIG);
+        }
+    };
+    let parts = match synthetic_request(method, url) {
+        Ok(p) => p,
+        Err(message) => return (format!("invalid input: {message}"), CHECK_INVALID),
+    };
+
+    let mut out = String::new();
+    let mut trace = Trace::default();
+    let result = gate.admit(&parts, &mut trace);
+    let hosts = &gate.router.hosts;
+    let _ = writeln!(out, "request:  {method} {url}");
+    if let Some(host) = trace.host {
+        let source = match result.as_ref().map(|a| a.route.source) {
+            Ok(RouteSource::AbsoluteForm) => " (from the absolute URL)",
+            Ok(RouteSource::HostHeader) => " (from the URL's host)",
+            Ok(RouteSource::PathPrefix) => " (from the leading path segment)",
+            Ok(RouteSource::Default) => " (upstream.default_host)",
+            Err(_) => "",
+        };
+        let _ = writeln!(out, "host:     {}{source}", hosts.name(host));
+        let path = parts.uri.path().get(trace.path_offset..).unwrap_or("");
+        let _ = writeln!(out, "path:     {path}");
+        if let Ok(canonical) = CanonicalPath::parse(path) {
+            let operation = catalogue::find(
+                parts.method.as_str(),
+                hosts.name(host),
+                canonical.segment_array().as_slice(),
+            );
+            let _ = match operation {
+                Some(op) => writeln!(
+                    out,
+                    "operation: {} {} ({} {})",
+                    op.spec, op.id, op.method, op.template
+                ),
+                None => writeln!(out, "operation: none in Twilio's API catalogue"),
+            };
+        }
+    }
+    if let Some(decision) = trace.decision {
+        let rule = match decision.verdict {
+            Verdict::Allow { rule } | Verdict::Deny { rule } => format!(
+                "{} rule {:?} ({})",
+                gate.policy.rules()[rule as usize].effect.as_str(),
+                gate.policy.rule_label(decision.verdict),
+                gate.rule_origin(rule as usize)
+            ),
+            Verdict::NoMatch => "no allow rule matches (default deny)".to_string(),
+        };
+        let _ = writeln!(out, "rule:     {rule}");
+    }
+    let code = match result {
+        Ok(admission) => {
+            let sid = gate.account_sid(admission.account);
+            let account = &config.accounts[admission.account];
+            let _ = writeln!(
+                out,
+                "account:  {sid} ({})",
+                describe_credential(&account.credential)
+            );
+            if Gate::is_audit_only(&admission.decision) {
+                let _ = writeln!(out, "decision: audit_deny (forwarded because policy.mode = \"audit\"; enforce mode would refuse it)");
+                CHECK_DENIED
+            } else {
+                let _ = writeln!(out, "decision: allow");
+                CHECK_ALLOWED
+            }
+        }
+        Err(refusal) => {
+            let e = ProxyError::from(refusal);
+            let label = trace.decision.map_or("refused", |d| d.label());
+            let _ = writeln!(out, "decision: {label}");
+            let _ = writeln!(
+                out,
+                "response: {} {} (code {}): {e}",
+                e.status().as_u16(),
+                e.status().canonical_reason().unwrap_or(""),
+                e.code()
+            );
+            CHECK_DENIED
+        }
+    };
+    (out, code)
+}
+
+/// Builds the request the sidecar would see for `URL`: a URL on a Twilio host becomes an
+/// absolute-form request; one on another host (the sidecar's own address) an origin-form
+/// request with that Host; a bare path an origin-form request without Host.
+fn synthetic_request(method: &str, url: &str) -> Result<http::request::Parts, String> {
+    let method = Method::from_bytes(method.as_bytes())
+        .map_err(|_| format!("{method:?} is not an HTTP method"))?;
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL or path: {e}"))?;
+    let mut builder = Request::builder().method(method);
+    match uri.authority() {
+        Some(authority) if is_twilio_name(authority.host()) => {
+            builder = builder
+                .uri(uri.clone())
+                .header(header::HOST, authority.as_str());
+        }
+        Some(authority) => {
+            let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
+            let value = HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?;
+            builder = builder.uri(pq).header(header::HOST, value);
+        }
+        None => builder = builder.uri(uri),
+    }
+    builder
+        .body(())
+        .map(|r| r.into_parts().0)
+        .map_err(|e| e.to_string())
+}
+
+fn describe_credential(c: &CredentialConfig) -> String {
+    let from = |s: &SecretSource| match s {
+        SecretSource::Inline(_) => "inline".to_string(),
+        other => other.origin(),
+    };
+    match c {
+        CredentialConfig::ApiKey { key_sid, secret } => {
+            format!(
+                "api_key: key SID from {}, secret from {}",
+                from(key_sid),
+                from(secret)
+            )
+        }
+        CredentialConfig::AuthToken { token } => format!("auth_token from {}", from(token)),
+        CredentialConfig::OAuth2 {
+            client_id,
+            client_secret,
+            token_url,
+        } => format!(
+            "oauth2: client id from {}, client secret from {}, tokens from {token_url}",
+            from(client_id),
+            from(client_secret)
+        ),
+    }
+}
