@@ -57,6 +57,21 @@ pub struct Attached {
     pub bearer: Option<(Arc<TokenCache>, u64)>,
 }
 
+impl Attached {
+    /// Twilio answered 401 to this credential: a bearer token is dropped from its cache (if
+    /// it is still the current one) and a fresh one fetched. True for bearer tokens, which a
+    /// new token may fix; false for Basic credentials, whose 401 is final.
+    pub fn rejected(&self) -> bool {
+        match &self.bearer {
+            Some((cache, id)) => {
+                cache.invalidate(*id);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// What building a credential may need beyond the account's own config.
 pub struct LoadContext<'a> {
     pub upstream: &'a Arc<Upstream>,

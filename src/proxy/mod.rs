@@ -1,6 +1,6 @@
 //! The data path: the proxy service, its request phases and the one place errors become
-//! responses. [`server`] accepts connections; each request goes through the phases below, run
-//! top to bottom on one state snapshot by the functions of the same names in `pipeline`:
+//! responses. [`server`] accepts connections; each request then goes through these phases,
+//! run top to bottom on one state snapshot by `pipeline` (each phase a function there):
 //!
 //! 1. **route** — which allowed Twilio host the request is for. Changes nothing; refuses
 //!    (400/403/405) bad targets, non-Twilio hosts and unforwarded methods.
@@ -11,18 +11,21 @@
 //!    account SID (403).
 //! 5. **credential** — the account's `Authorization` value; an OAuth2 account with no usable
 //!    token waits briefly for the fetch in flight, then gets 503.
-//! 6. **upstream request** — rewrite the URI to `https://{host}{path}`, strip the app's
-//!    credentials, hop-by-hop and method/URL-override headers, attach `Authorization`. The
-//!    body streams through untouched (a small bearer-request body is buffered for a replay).
-//! 7. **upstream call** — pooled, verified TLS; 502/504 on failure. A 401 to a bearer token
-//!    drops that token and replays the request once with a new one, when it was buffered.
-//! 8. **response** — hop-by-hop headers dropped, everything else (Twilio's own errors too)
-//!    passed back as received, body streamed; except that a JSON page's paging links are
-//!    pointed back at the sidecar ([`crate::proxy::paging`]).
+//! 6. **upstream request** — `upstream_head` rewrites the URI to `https://{host}{path}`,
+//!    strips the app's credentials, hop-by-hop and method/URL-override headers and attaches
+//!    `Authorization`; `upstream_body` bounds the body (413) and buffers a small one so the
+//!    request can be sent again.
+//! 7. **upstream call** — `exchange`: pooled, verified TLS; 502/504 on failure. A 401 to a
+//!    bearer token drops that token and replays the request once with a new one, when it was
+//!    buffered (`unauthorized`).
+//! 8. **response** — `respond`: hop-by-hop headers dropped, everything else (Twilio's own
+//!    errors too) passed back as received, body streamed; except that a JSON page's paging
+//!    links are pointed back at the sidecar ([`paging`]).
 //!
-//! A phase that refuses returns a [`ProxyError`]; [`Proxy::handle`] is the one place that turns
-//! it into a response ([`error`]), records metrics and writes the access-log line. Beside the
-//! phases: `headers` (what never crosses the sidecar) and [`paging`] (links pointed back here).
+//! Phases 1–4 are the gate's ([`crate::gate::Gate::admit`]), shared with `check`. A phase that
+//! refuses returns a [`ProxyError`]; [`Proxy::handle`] is the one place that turns it into a
+//! response ([`error`]), records metrics and writes the access-log line. `headers` holds what
+//! never crosses the sidecar.
 
 pub mod error;
 mod headers;

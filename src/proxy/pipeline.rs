@@ -28,6 +28,14 @@ use crate::upstream::UpstreamFailure;
 const TWILIO_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("twilio-request-id");
 
 /// What the forwarded request keeps of the received one once it is admitted.
+/// What the response phase decided.
+enum Respond {
+    /// Stream Twilio's body to the app as it arrives.
+    Stream(Response<Body>),
+    /// Read the JSON page (`len` bytes) and point its paging links at `base` first.
+    Rewrite(Response<UpstreamBody>, u64, Option<LinkBase>),
+}
+
 struct Target {
     host: HostId,
     /// The original bytes, minus a stripped host prefix.
@@ -38,14 +46,16 @@ struct Target {
 }
 
 impl Proxy {
-    /// Phases 1–8 for one request.
+    /// Phases 1–8 for one request. The hot path stays flat: each phase that can wait is
+    /// awaited from here, and the request is moved as little as possible (hyper moves this
+    /// whole future once per request, and each nested future is a copy of its arguments).
     pub(super) async fn pipeline<'s>(
         &self,
         state: &'s State,
         req: Request<Incoming>,
         record: &mut Record<'s>,
     ) -> Result<Response<Body>, ProxyError> {
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         // Phases 1–4 read the request only: the same code `check` runs.
         let target = self.admit(state, &parts, record)?;
         let account = &state.accounts[record.account_index];
@@ -55,11 +65,37 @@ impl Proxy {
             return Err(ProxyError::BodyTooLarge(max));
         }
         let attached = self.credential(account, record.account).await?;
-        let (req, replay) = upstream_request(state, parts, body, &target, &attached).await?;
-        let response = self
-            .upstream_call(state, record, account, req, replay, attached)
-            .await?;
-        self.respond(state, response, target.paging, record).await
+        upstream_head(state, &mut parts, &target, &attached)?;
+        let (body, replayable_size) = upstream_body(state, body, &attached).await?;
+        let req = Request::from_parts(parts, body);
+        // A bearer request keeps a copy to send again if Twilio rejects the token.
+        let replay = (attached.bearer.is_some() && replayable_size)
+            .then(|| replayable(&req))
+            .flatten();
+
+        // Phase 7 — **upstream call**, and the replay after a 401 to a bearer token.
+        let mut response = self.exchange(state, record.host, req).await?;
+        if response.status() == StatusCode::UNAUTHORIZED {
+            if let Some(mut again) = self.unauthorized(record, &attached, replay) {
+                let fresh = self.credential(account, record.account).await?;
+                again
+                    .headers_mut()
+                    .insert(header::AUTHORIZATION, fresh.header.clone());
+                drop(response);
+                response = self.exchange(state, record.host, again).await?;
+                if response.status() == StatusCode::UNAUTHORIZED {
+                    fresh.rejected();
+                }
+            }
+        }
+        match self.respond(state, response, target.paging, record) {
+            Respond::Stream(response) => Ok(response),
+            Respond::Rewrite(response, len, base) => {
+                let hosts = &state.gate.router.hosts;
+                self.rewrite_paging(response, len, base, hosts, record.host)
+                    .await
+            }
+        }
     }
 
     /// Phases 1–4 — **route**, **canonical path**, **policy**, **account** — as the gate
@@ -114,27 +150,20 @@ impl Proxy {
         })
     }
 
-    /// Phase 7 — **upstream call**: pooled, verified TLS; 502/504 on failure. A 401 to a bearer
-    /// token drops that token and replays the request once with a new one, when it was
-    /// buffered. Twilio's answer, whatever it is, goes on to the response phase.
-    async fn upstream_call(
+    /// Phase 7 — **upstream call**, after Twilio answered 401: a bearer token it rejected is
+    /// dropped (if no other request already did), and the request is sent once more with a
+    /// new one when its body was buffered. Returns the request to send again, if any; a Basic
+    /// credential's 401 is Twilio's answer and passes through.
+    #[cold]
+    fn unauthorized(
         &self,
-        state: &State,
         record: &Record<'_>,
-        account: &Account,
-        req: Request<RequestBody>,
+        attached: &Attached,
         replay: Option<Request<RequestBody>>,
-        attached: Attached,
-    ) -> Result<Response<UpstreamBody>, ProxyError> {
-        let mut response = self.exchange(state, record.host, req).await?;
-        if response.status() != StatusCode::UNAUTHORIZED {
-            return Ok(response);
+    ) -> Option<Request<RequestBody>> {
+        if !attached.rejected() {
+            return None;
         }
-        let Some((cache, id)) = &attached.bearer else {
-            return Ok(response);
-        };
-        // Drop the rejected token (if no other request already did) and replay once.
-        cache.invalidate(*id);
         let outcome = if replay.is_some() {
             "replayed"
         } else {
@@ -145,19 +174,7 @@ impl Proxy {
             .oauth_replays
             .with_label_values(&[record.account, outcome])
             .inc();
-        if let Some(mut req) = replay {
-            let again = self.credential(account, record.account).await?;
-            req.headers_mut()
-                .insert(header::AUTHORIZATION, again.header.clone());
-            drop(response);
-            response = self.exchange(state, record.host, req).await?;
-            if response.status() == StatusCode::UNAUTHORIZED {
-                if let Some((cache, id)) = &again.bearer {
-                    cache.invalidate(*id);
-                }
-            }
-        }
-        Ok(response)
+        replay
     }
 
     /// One upstream exchange, timed and counted; failures become 502/504.
@@ -183,27 +200,26 @@ impl Proxy {
 
     /// Phase 8 — **response**: hop-by-hop headers dropped, everything else (Twilio's own
     /// errors too) passed back as received, body streamed; except that a JSON page's paging
-    /// links are pointed back at the sidecar ([`crate::proxy::paging`]).
-    async fn respond(
+    /// links are pointed back at the sidecar ([`crate::proxy::paging`]), which needs the body
+    /// read first.
+    fn respond(
         &self,
         state: &State,
         mut response: Response<UpstreamBody>,
         paging: Option<(RouteSource, Option<HeaderValue>)>,
         record: &mut Record<'_>,
-    ) -> Result<Response<Body>, ProxyError> {
+    ) -> Respond {
         strip_response_headers(response.headers_mut());
         record.twilio_request_id = response.headers().get(TWILIO_REQUEST_ID).cloned();
         if let Some((source, authority)) = paging {
             if let Some(len) = rewritable_json(&response) {
-                let hosts = &state.gate.router.hosts;
-                let default_host = hosts.name(state.gate.router.default_host);
+                let router = &state.gate.router;
+                let default_host = router.hosts.name(router.default_host);
                 let base = LinkBase::for_request(source, authority.as_ref(), default_host);
-                return self
-                    .rewrite_paging(response, len, base, hosts, record.host)
-                    .await;
+                return Respond::Rewrite(response, len, base);
             }
         }
-        Ok(response.map(Either::Left))
+        Respond::Stream(response.map(Either::Left))
     }
 
     /// Buffers a (bounded, uncompressed) JSON page and points its paging links back here.
@@ -284,20 +300,15 @@ fn target(hosts: &Hosts, parts: &Parts, admission: &Admission<'_>) -> Result<Tar
     })
 }
 
-/// Phase 6 — **upstream request**: the URI becomes `https://{host}{path}`; the app's
-/// credentials, hop-by-hop and method/URL-override headers are stripped and `Authorization`
-/// attached. The body never exceeds `limits.max_request_body` on its way to Twilio (413
-/// otherwise): one of unknown length (chunked) is read first, bounded; a small one is
-/// buffered too, so the request can be sent again — after a 401 with a bearer token (the
-/// returned copy), or when Twilio's HTTP/2 edge refuses the stream unprocessed. Larger bodies
-/// stream through untouched.
-async fn upstream_request(
+/// Phase 6 — **upstream request**, its head: the URI becomes `https://{host}{path}`; the
+/// app's credentials, hop-by-hop and method/URL-override headers are stripped and
+/// `Authorization` attached.
+fn upstream_head(
     state: &State,
-    mut parts: Parts,
-    body: Incoming,
+    parts: &mut Parts,
     target: &Target,
     attached: &Attached,
-) -> Result<(Request<RequestBody>, Option<Request<RequestBody>>), ProxyError> {
+) -> Result<(), Refusal> {
     let hosts = &state.gate.router.hosts;
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(Scheme::HTTPS);
@@ -321,7 +332,19 @@ async fn upstream_request(
         .insert(header::AUTHORIZATION, attached.header.clone());
     // hyper picks HTTP/2 or 1.1 upstream by ALPN, whatever the app spoke.
     parts.version = Version::HTTP_11;
+    Ok(())
+}
 
+/// Phase 6 — **upstream request**, its body: it never exceeds `limits.max_request_body` on
+/// its way to Twilio (413 otherwise). One of unknown length (chunked) is read first, bounded;
+/// a small one is buffered too, so the request can be sent again — after a 401 with a bearer
+/// token, or when Twilio's HTTP/2 edge refuses the stream unprocessed. Larger bodies stream
+/// through untouched. Also says whether the body is small enough to replay.
+async fn upstream_body(
+    state: &State,
+    body: Incoming,
+    attached: &Attached,
+) -> Result<(RequestBody, bool), ProxyError> {
     let max = state.config.limits.max_request_body;
     let replay_limit = state.config.oauth.replay_body_limit;
     let known = body.size_hint().upper();
@@ -332,29 +355,22 @@ async fn upstream_request(
         Some(0) => attached.bearer.is_some(),
         Some(n) => n <= replay_limit,
     };
-    let (body, replayable_size) = if buffer {
-        let bytes = limited
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<LengthLimitError>() {
-                    ProxyError::BodyTooLarge(max)
-                } else {
-                    ProxyError::BadBody(e.to_string())
-                }
-            })?
-            .to_bytes();
-        let size = bytes.len() as u64;
-        (Either::Right(Full::new(bytes)), size <= replay_limit)
-    } else {
-        (Either::Left(limited), false)
-    };
-    let req = Request::from_parts(parts, body);
-    // A bearer request keeps a copy to send again if Twilio rejects the token.
-    let replay = (attached.bearer.is_some() && replayable_size)
-        .then(|| replayable(&req))
-        .flatten();
-    Ok((req, replay))
+    if !buffer {
+        return Ok((Either::Left(limited), false));
+    }
+    let bytes = limited
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<LengthLimitError>() {
+                ProxyError::BodyTooLarge(max)
+            } else {
+                ProxyError::BadBody(e.to_string())
+            }
+        })?
+        .to_bytes();
+    let size = bytes.len() as u64;
+    Ok((Either::Right(Full::new(bytes)), size <= replay_limit))
 }
 
 /// The length of a response whose paging links may be rewritten: a successful, uncompressed
