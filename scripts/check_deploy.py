@@ -5,7 +5,10 @@
 - The ServiceMonitor has the fields the Prometheus Operator needs.
 - Every alert rule has alert, expr, severity and summary, and every twilio_sidecar_* metric it
   uses is one the binary exports (the names registered in src/metrics/).
+- The Grafana dashboard is valid JSON with panels whose queries use only exported metrics, and
+  every metric the sidecar exports for requests, denials, latency, tokens and reloads appears.
 """
+import json
 import pathlib
 import re
 import subprocess
@@ -20,6 +23,30 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 def fail(msg: str) -> None:
     print(f"check_deploy: {msg}", file=sys.stderr)
     sys.exit(1)
+
+
+def metrics_in(expr: str) -> list:
+    return [re.sub(r"_(bucket|sum|count)$", "", m) for m in re.findall(r"twilio_sidecar_([a-z_]+)", expr)]
+
+
+def check_dashboard(exported: set) -> int:
+    path = ROOT / "deploy" / "grafana" / "twilio-sidecar.json"
+    dash = json.loads(path.read_text())
+    used = set()
+    panels = dash.get("panels") or fail(f"{path.name}: no panels")
+    for panel in panels:
+        targets = panel.get("targets") or fail(f"{path.name}: panel {panel.get('title')!r} has no queries")
+        for target in targets:
+            for metric in metrics_in(target.get("expr", "")):
+                if metric not in exported:
+                    fail(f"{path.name}: panel {panel['title']!r} uses twilio_sidecar_{metric}, "
+                         "which the sidecar does not export")
+                used.add(metric)
+    for wanted in ("requests_total", "upstream_duration_seconds", "oauth_token_seconds_until_expiry",
+                   "config_reloads_total", "credential_generation"):
+        if wanted not in used:
+            fail(f"{path.name}: no panel shows twilio_sidecar_{wanted}")
+    return len(panels)
 
 
 def main() -> None:
@@ -50,6 +77,7 @@ def main() -> None:
         exported |= set(re.findall(r'"([a-z_]+)"', source.read_text()))
     alerts = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yaml").read_text())
     rules = [r for g in alerts["groups"] for r in g["rules"]]
+    panels = check_dashboard(exported)
     for rule in rules:
         for key in ("alert", "expr"):
             if not rule.get(key):
@@ -58,11 +86,11 @@ def main() -> None:
             fail(f"{rule['alert']}: severity must be critical, warning or info")
         if not rule.get("annotations", {}).get("summary"):
             fail(f"{rule['alert']}: no summary")
-        for metric in re.findall(r"twilio_sidecar_([a-z_]+)", rule["expr"]):
-            base = re.sub(r"_(bucket|sum|count)$", "", metric)
-            if base not in exported:
+        for metric in metrics_in(rule["expr"]):
+            if metric not in exported:
                 fail(f"{rule['alert']}: twilio_sidecar_{metric} is not a metric the sidecar exports")
-    print(f"check_deploy: {configs} embedded configs validate; {len(rules)} alert rules use only exported metrics")
+    print(f"check_deploy: {configs} embedded configs validate; {len(rules)} alert rules and "
+          f"{panels} dashboard panels use only exported metrics")
 
 
 if __name__ == "__main__":

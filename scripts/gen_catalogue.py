@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Generate the Twilio operation catalogue from Twilio's official OpenAPI specs.
 
-Reads every ../shared/twilio-oai/spec/json/twilio_*.json and writes
-src/catalogue/twilio_operations.tsv: one operation per line,
+Reads every vendor/twilio-oai/spec/json/twilio_*.json (Twilio's specs, MIT, vendored) and writes
+src/gate/catalogue/twilio_operations.tsv: one operation per line,
 
     HOST <TAB> METHOD <TAB> PATH TEMPLATE <TAB> SPEC <TAB> OPERATION ID
 
@@ -18,8 +18,8 @@ import sys
 from urllib.parse import urlparse
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-DEFAULT_SPECS = ROOT.parent / "shared" / "twilio-oai" / "spec" / "json"
-OUT = ROOT / "src" / "catalogue" / "twilio_operations.tsv"
+DEFAULT_SPECS = ROOT / "vendor" / "twilio-oai" / "spec" / "json"
+OUT = ROOT / "src" / "gate" / "catalogue" / "twilio_operations.tsv"
 METHODS = ("get", "post", "put", "patch", "delete")
 
 

@@ -1,49 +1,62 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh machine: installs what the tests need, then runs them.
+# The whole test suite, from a fresh machine: installs what the tests need, then runs every
+# step and prints a summary, even when an early step fails (the exit status says whether all
+# passed).
+#
+# Needs: a Rust toolchain (rust-toolchain.toml), python3 and node + npm. Installs: curl from
+# Debian if missing (apt, as root or through sudo); the Python packages of
+# scripts/requirements.txt into a virtualenv under target/; the npm packages of
+# tests/sdk/package-lock.json into tests/sdk/node_modules. The load smoke run installs nginx,
+# HAProxy, wrk and valgrind from Debian (benches/load.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-have() { command -v "$1" >/dev/null 2>&1; }
-apt_install() {
-  if have apt-get; then
-    if [ "$(id -u)" = 0 ]; then
-      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-    else
-      sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-    fi
-  else
-    echo "test-all: please install: $*" >&2
-    exit 1
-  fi
-}
+source scripts/apt.sh
 
 # The dev-mode test pastes the curl commands `twilio-sidecar dev` prints into a shell.
 have curl || apt_install curl
-
 # The SDK interop test: the official Twilio SDKs (PyPI, npm) and Stoplight Prism (npm).
-python3 -m pip install -q --disable-pip-version-check -r tests/sdk/requirements.txt
+source scripts/python-env.sh
 (cd tests/sdk && npm ci --no-audit --no-fund --loglevel=error)
 
-# The committed operation catalogue must match Twilio's specs, where they are present.
-if [ -d ../shared/twilio-oai/spec/json ]; then
-  python3 scripts/gen_catalogue.py --check
-fi
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+summary=()
+failed=0
+step() {
+  local name=$1
+  shift
+  echo "== $name"
+  if "$@"; then
+    summary+=("ok    $name")
+  else
+    summary+=("FAIL  $name (exit $?)")
+    failed=1
+  fi
+}
 
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-cargo test --locked 2>&1 | tee "$log"
-# Needs the packages above and ../shared's specs, so it is #[ignore]d in a plain `cargo test`.
-cargo test --locked --test sdk_interop -- --ignored 2>&1 | tee -a "$log"
-passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
-failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
+# The committed operation catalogue matches the vendored Twilio specs.
+step "catalogue matches vendor/twilio-oai" python3 scripts/gen_catalogue.py --check
 
-# deploy/: Kubernetes manifests against the Kubernetes schemas, embedded configs, alert rules,
-# the systemd unit.
-bash scripts/validate-deploy.sh target/debug/twilio-sidecar
+rust_tests() {
+  cargo test --locked 2>&1 | tee "$work/cargo.log"
+}
+sdk_tests() {
+  # Needs the packages above, so it is #[ignore]d in a plain `cargo test`.
+  cargo test --locked --test sdk_interop -- --ignored 2>&1 | tee -a "$work/cargo.log"
+}
+step "cargo test" rust_tests
+step "SDK interop (twilio-python, twilio-node, Prism)" sdk_tests
+# deploy/: Kubernetes manifests (as kustomize renders them) against the Kubernetes schemas,
+# embedded configs, the dashboard and alert rules, the systemd unit.
+step "deploy/ validation" bash scripts/validate-deploy.sh target/debug/twilio-sidecar
+# The load benchmark's smoke mode: a few seconds, keeps benches/load.sh from rotting.
+step "load benchmark smoke run" bash benches/load.sh --smoke
 
-# The load benchmark's smoke mode: a few seconds, keeps benches/load.sh from rotting (installs
-# nginx, HAProxy and wrk from Debian).
-bash benches/load.sh --smoke
-
+passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$work/cargo.log" | awk '{s+=$4} END {print s+0}')
+failures=$(grep -Eo '[0-9]+ failed' "$work/cargo.log" | awk '{s+=$1} END {print s+0}')
+echo
+echo "== summary"
+printf '%s\n' "${summary[@]}"
 # One closing line for the whole Rust suite.
-echo "tests: ${passed} passed, ${failed} failed"
+echo "tests: ${passed} passed, ${failures} failed"
+exit "$failed"

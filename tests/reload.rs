@@ -388,3 +388,59 @@ async fn chatty_neighbours_cannot_hold_a_rotation_back() {
         "{m}"
     );
 }
+
+/// The systemd rotation (README "Deployment"): the pair lives in a directory that a symlink
+/// points at, and a rotation swaps the link. The watch sees the swap where the link lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapping_a_linked_secrets_directory_rotates_the_pair() {
+    fn write_pair(dir: &Path, n: u64) {
+        std::fs::create_dir(dir).unwrap();
+        std::fs::write(dir.join("key_sid"), key_sid(n)).unwrap();
+        std::fs::write(dir.join("secret"), secret(n)).unwrap();
+    }
+    let h = Harness::start_with(|ctx| {
+        // A directory of its own, which nothing else makes the watch look at.
+        std::fs::create_dir(ctx.dir.join("keys")).unwrap();
+        write_pair(&ctx.dir.join("keys/secrets.1"), 1);
+        symlink("secrets.1", ctx.dir.join("keys/secrets")).unwrap();
+        format!(
+            r#"
+{head}
+[[accounts]]
+sid = "{SID}"
+credential = {{ type = "api_key", key_sid = {{ file = "keys/secrets/key_sid" }}, secret = {{ file = "keys/secrets/secret" }} }}
+[policy]
+allow = ["/2010-04-01/Accounts/{{AccountSid}}/*"]
+"#,
+            head = listeners_and_upstream(ctx)
+        )
+    })
+    .await;
+    let dir = &h.dir.path().join("keys");
+    assert_eq!(h.send("POST", &messages(), &[], b"").await.status, 200);
+    assert_eq!(h.last_authorization(), vec![basic(&key_sid(1), &secret(1))]);
+    for n in 2..=4u64 {
+        write_pair(&dir.join(format!("secrets.{n}")), n);
+        let swapped = Instant::now();
+        symlink(format!("secrets.{n}"), dir.join("secrets.tmp")).unwrap();
+        std::fs::rename(dir.join("secrets.tmp"), dir.join("secrets")).unwrap();
+        loop {
+            assert_eq!(h.send("POST", &messages(), &[], b"").await.status, 200);
+            let auth = h.last_authorization();
+            if auth == vec![basic(&key_sid(n), &secret(n))] {
+                break;
+            }
+            assert_eq!(
+                auth,
+                vec![basic(&key_sid(n - 1), &secret(n - 1))],
+                "a mixed pair"
+            );
+            assert!(
+                swapped.elapsed() < Duration::from_millis(1500),
+                "rotation {n} not live 1.5 s after the swap"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        std::fs::remove_dir_all(dir.join(format!("secrets.{}", n - 1))).unwrap();
+    }
+}

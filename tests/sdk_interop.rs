@@ -11,9 +11,9 @@
 //! page for the first Conversations page) so the SDKs must follow the sidecar's rewritten
 //! links.
 //!
-//! Needs the packages `scripts/test-all.sh` installs (tests/sdk: npm install; pip install -r
-//! tests/sdk/requirements.txt), hence `#[ignore]`: run with `cargo test --test sdk_interop --
-//! --ignored`.
+//! Needs the packages `scripts/test-all.sh` installs (tests/sdk: `npm ci`; the Python SDK in a
+//! virtualenv under `target/`, see [`sdk_python`]), hence `#[ignore]`: run with `cargo test
+//! --test sdk_interop -- --ignored`. The specs are the vendored copy in `vendor/twilio-oai`.
 
 mod common;
 
@@ -84,36 +84,50 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Starts one Prism mock server per spec and waits until each accepts connections.
+/// Starts one Prism mock server per spec and waits until each accepts connections. A Prism
+/// that exits instead fails the test at once, with its exit status and its stderr.
 fn start_prism() -> Prism {
     let prism = root().join("tests/sdk/node_modules/.bin/prism");
     assert!(
         prism.exists(),
-        "Prism is not installed: run `npm install --prefix tests/sdk` (scripts/test-all.sh does)"
+        "Prism is not installed: run `npm ci --prefix tests/sdk` (scripts/test-all.sh does)"
     );
-    let specs = root().join("../shared/twilio-oai/spec/json");
+    let specs = root().join("vendor/twilio-oai/spec/json");
+    let logs = tempfile::tempdir().expect("tempdir for Prism's logs");
     let mut out = Prism {
         children: Vec::new(),
         ports: HashMap::new(),
     };
+    let mut started = Vec::new();
     for (host, spec) in SPECS {
+        let spec = specs.join(spec);
+        assert!(spec.exists(), "missing vendored spec {}", spec.display());
         let port = free_port();
+        let log = logs.path().join(format!("{host}.log"));
         let child = Command::new(&prism)
             .args(["mock", "-h", "127.0.0.1", "-p", &port.to_string()])
-            .arg(specs.join(spec))
+            .arg(&spec)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("Prism log file"))
             .spawn()
             .expect("start prism");
         out.children.push(child);
         out.ports.insert(host, port);
+        started.push((host, port, log));
     }
     let deadline = Instant::now() + Duration::from_secs(120);
-    for port in out.ports.values() {
+    for (i, (host, port, log)) in started.iter().enumerate() {
         while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+            if let Ok(Some(status)) = out.children[i].try_wait() {
+                panic!(
+                    "prism for {host} exited ({status}) before listening on port {port}:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
             assert!(
                 Instant::now() < deadline,
-                "prism did not start on port {port}"
+                "prism for {host} did not start on port {port} within 120 s:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -348,11 +362,11 @@ async fn official_sdks_through_the_sidecar_against_prism() {
     .await;
 
     for (program, script) in [
-        ("python3", "python_scenarios.py"),
-        ("node", "node_scenarios.js"),
+        (sdk_python(), "python_scenarios.py"),
+        ("node".to_string(), "node_scenarios.js"),
     ] {
         let before = log.lock().unwrap().requests.len();
-        let results = run_scenarios(program, &root().join("tests/sdk").join(script), h.proxy);
+        let results = run_scenarios(&program, &root().join("tests/sdk").join(script), h.proxy);
         eprintln!("{program}: {results}");
         assert!(
             results["message_created"]

@@ -83,6 +83,7 @@ impl WatchPoints {
                 return;
             };
             self.add(&dir, name);
+            self.add_linked_ancestors(&dir);
             let Ok(target) = std::fs::read_link(&current) else {
                 return;
             };
@@ -98,6 +99,19 @@ impl WatchPoints {
                 current = std::fs::canonicalize(&joined).unwrap_or_else(|_| normalize(&joined));
             } else {
                 current = normalize(&target);
+            }
+        }
+    }
+
+    /// A directory on the way that is itself a symlink (`/etc/twilio-sidecar/secrets ->
+    /// secrets.2026-11-26`, swapped to rotate a pair of files at once): a new target is seen
+    /// only in the directory holding the link.
+    fn add_linked_ancestors(&mut self, dir: &Path) {
+        for ancestor in dir.ancestors() {
+            let is_link = std::fs::symlink_metadata(ancestor).is_ok_and(|m| m.is_symlink());
+            if let (true, Some(up), Some(name)) = (is_link, parent(ancestor), ancestor.file_name())
+            {
+                self.add(&up, name);
             }
         }
     }
@@ -282,12 +296,12 @@ mod tests {
     fn directories_of_files() {
         let dirs = directories(&[
             PathBuf::from("/etc/ts/sidecar.toml"),
-            PathBuf::from("/var/run/secrets/twilio/key_sid"),
-            PathBuf::from("/var/run/secrets/twilio/secret"),
+            PathBuf::from("/run/secrets/twilio/key_sid"),
+            PathBuf::from("/run/secrets/twilio/secret"),
             PathBuf::from("local.toml"),
         ]);
         let dirs: Vec<&str> = dirs.iter().map(|d| d.to_str().unwrap()).collect();
-        assert_eq!(dirs, ["/etc/ts", "/var/run/secrets/twilio", "."]);
+        assert_eq!(dirs, ["/etc/ts", "/run/secrets/twilio", "."]);
     }
 
     #[test]
@@ -344,6 +358,20 @@ mod tests {
         assert!(points.directories().contains(&real));
         assert!(points.is_relevant(&real.join("sidecar.toml")));
         assert!(!points.is_relevant(&real.join("other.toml")));
+    }
+
+    #[test]
+    fn a_linked_directory_is_watched_where_its_link_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("secrets.1")).unwrap();
+        std::fs::write(d.join("secrets.1/key_sid"), "SK").unwrap();
+        symlink("secrets.1", d.join("secrets")).unwrap();
+        let points = WatchPoints::of(&[d.join("secrets/key_sid")]);
+        // Swapping the link (rename of secrets.tmp over secrets) is an event for `secrets`.
+        assert!(points.is_relevant(&d.join("secrets")));
+        assert!(points.is_relevant(&d.join("secrets/key_sid")));
+        assert!(!points.is_relevant(&d.join("secrets.tmp")));
     }
 
     #[tokio::test(start_paused = true)]

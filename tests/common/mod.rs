@@ -288,6 +288,19 @@ pub async fn post_reload(admin: SocketAddr) -> RawResponse {
     raw_request(admin, req.as_bytes()).await
 }
 
+/// The Python that has the official SDK: `$TS_SDK_PYTHON`, else the virtualenv
+/// `scripts/test-all.sh` makes under `target/sdk-venv`, else `python3`.
+pub fn sdk_python() -> String {
+    if let Ok(p) = std::env::var("TS_SDK_PYTHON") {
+        return p;
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sdk-venv/bin/python3");
+    if venv.exists() {
+        return venv.display().to_string();
+    }
+    "python3".to_string()
+}
+
 /// The binary under test.
 pub fn sidecar_command() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_twilio-sidecar"));
