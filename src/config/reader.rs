@@ -72,6 +72,8 @@ impl<'a> Section<'a> {
     }
 
     pub fn get(&mut self, key: &'a str) -> Option<&'a Value> {
+        #[cfg(test)]
+        queried::record(&self.key(key));
         let value = self.table.get(key);
         if value.is_some() {
             self.seen.insert(key);
@@ -185,6 +187,33 @@ impl<'a> Section<'a> {
                 d.error(self.key(key), "unknown key");
             }
         }
+    }
+}
+
+/// Every key the parser asks for, present or not: the test that the example config shows
+/// every key reads it.
+#[cfg(test)]
+pub(crate) mod queried {
+    use std::cell::RefCell;
+    use std::collections::BTreeSet;
+
+    thread_local! {
+        static KEYS: RefCell<Option<BTreeSet<String>>> = const { RefCell::new(None) };
+    }
+
+    pub(crate) fn record(key: &str) {
+        KEYS.with(|k| {
+            if let Some(keys) = k.borrow_mut().as_mut() {
+                keys.insert(key.to_string());
+            }
+        });
+    }
+
+    /// The keys `f` asked for, by full path (`accounts[0].credential.type`).
+    pub(crate) fn during(f: impl FnOnce()) -> BTreeSet<String> {
+        KEYS.with(|k| *k.borrow_mut() = Some(BTreeSet::new()));
+        f();
+        KEYS.with(|k| k.borrow_mut().take().unwrap_or_default())
     }
 }
 

@@ -117,3 +117,94 @@ fn durations() {
     assert_eq!(parse_duration("5"), None);
     assert_eq!(parse_duration("s"), None);
 }
+
+/// `accounts[2].credential.key_sid.file` → `accounts[].credential.key_sid.<source>`: one
+/// entry per key, whatever the array index, and a secret's `file`/`env` forms as one.
+fn normalized(key: &str) -> String {
+    let mut out = String::new();
+    let mut chars = key.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '[' {
+            while chars.peek().is_some_and(char::is_ascii_digit) {
+                chars.next();
+            }
+        }
+    }
+    for form in [".file", ".env"] {
+        if let Some(stripped) = out.strip_suffix(form) {
+            return format!("{stripped}.<source>");
+        }
+    }
+    out
+}
+
+/// The keys a config file shows: set ones, and ones commented out as `# key = value` under
+/// their table.
+fn shown_keys(text: &str) -> std::collections::BTreeSet<String> {
+    fn walk(prefix: &str, value: &toml::Value, out: &mut std::collections::BTreeSet<String>) {
+        match value {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    out.insert(normalized(&key));
+                    walk(&key, v, out);
+                }
+            }
+            toml::Value::Array(items) => {
+                for item in items.iter().filter(|i| i.is_table()) {
+                    walk(&format!("{prefix}[]"), item, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    walk(
+        "",
+        &toml::Value::Table(text.parse::<toml::Table>().unwrap()),
+        &mut out,
+    );
+    let mut table = String::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(t) = line.strip_prefix("[[").and_then(|l| l.strip_suffix("]]")) {
+            table = format!("{t}[]");
+        } else if let Some(t) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            table = t.to_string();
+        } else if let Some(commented) = line.strip_prefix('#') {
+            let commented = commented.trim();
+            if let Some((key, _)) = commented.split_once(" = ") {
+                if key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                    out.insert(format!("{table}.{key}"));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_example_config_shows_every_key_the_parser_reads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/sidecar.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let read = crate::config::reader::queried::during(|| {
+        Config::parse(&text, path.parent().unwrap(), "sidecar.toml").unwrap();
+    });
+    let read: std::collections::BTreeSet<String> = read.iter().map(|k| normalized(k)).collect();
+    let shown = shown_keys(&text);
+    let missing: Vec<_> = read.difference(&shown).collect();
+    assert!(
+        missing.is_empty(),
+        "config/sidecar.toml does not show {missing:?}"
+    );
+    // And nothing it shows (set or commented out) is a key the parser does not know.
+    let unknown: Vec<_> = shown.difference(&read).collect();
+    assert!(
+        unknown.is_empty(),
+        "config/sidecar.toml shows unknown keys {unknown:?}"
+    );
+}
