@@ -190,6 +190,19 @@ impl<'a> Section<'a> {
     }
 }
 
+/// A short description of a value's type for error messages.
+pub fn describe(v: &Value) -> &'static str {
+    match v {
+        Value::String(_) => "a string",
+        Value::Integer(_) => "an integer",
+        Value::Float(_) => "a float",
+        Value::Boolean(_) => "a boolean",
+        Value::Datetime(_) => "a date-time",
+        Value::Array(_) => "an array",
+        Value::Table(_) => "a table",
+    }
+}
+
 /// Every key the parser asks for, present or not: the test that the example config shows
 /// every key reads it.
 #[cfg(test)]
@@ -214,18 +227,5 @@ pub(crate) mod queried {
         KEYS.with(|k| *k.borrow_mut() = Some(BTreeSet::new()));
         f();
         KEYS.with(|k| k.borrow_mut().take().unwrap_or_default())
-    }
-}
-
-/// A short description of a value's type for error messages.
-pub fn describe(v: &Value) -> &'static str {
-    match v {
-        Value::String(_) => "a string",
-        Value::Integer(_) => "an integer",
-        Value::Float(_) => "a float",
-        Value::Boolean(_) => "a boolean",
-        Value::Datetime(_) => "a date-time",
-        Value::Array(_) => "an array",
-        Value::Table(_) => "a table",
     }
 }
