@@ -392,3 +392,102 @@ files = ["extra.json"]
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
 }
+
+/// `check` states one decision, the one the proxy records, and refuses what the proxy refuses.
+#[test]
+fn check_agrees_with_the_proxy_on_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = good_config(dir.path());
+    // A gateway: apps reach it by a Service name on its listen port.
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "address = \"127.0.0.1:0\"",
+        "address = \"0.0.0.0:8080\"",
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let run = |method: &str, url: &str| {
+        let out = sidecar_command()
+            .args(["check", "--config"])
+            .arg(&config)
+            .args([method, url])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    // A foreign host, as an HTTP proxy client sends it: not an open proxy (79403).
+    let (code, text) = run("GET", "http://evil.example.com/foo");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("decision: refused: 403 Forbidden (code 79403)"),
+        "{text}"
+    );
+    // A URL on the sidecar's own port is the origin-form request an SDK sends there.
+    let (code, text) = run(
+        "GET",
+        &format!("http://gateway.internal:8080/2010-04-01/Accounts/{SID}/Messages.json"),
+    );
+    assert_eq!(code, Some(0), "{text}");
+    // The policy allows any account's recordings, but the account is not configured: one
+    // decision, refused, with the proxy's code.
+    let other = "AC99999999999999999999999999999999";
+    let (code, text) = run(
+        "GET",
+        &format!("https://api.twilio.com/2010-04-01/Accounts/{other}/Recordings.json"),
+    );
+    assert_eq!(code, Some(1), "{text}");
+    assert_eq!(text.matches("decision:").count(), 1, "{text}");
+    assert!(
+        text.contains("decision: refused: 403 Forbidden (code 79404)"),
+        "{text}"
+    );
+    assert!(!text.contains("decision: allow"), "{text}");
+    // Where the host came from is said on denials too.
+    let (code, text) = run(
+        "GET",
+        &format!("https://api.twilio.com/2010-04-01/Accounts/{SID}/Keys.json"),
+    );
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("host:     api.twilio.com (from the absolute URL)"),
+        "{text}"
+    );
+}
+
+/// A typo'd placeholder is an error naming the likely one, and a bad account SID does not hide
+/// the policy's errors: validate reports both in one run.
+#[test]
+fn validate_reports_a_bad_account_and_a_bad_rule_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+[[accounts]]
+sid = "AC-not-a-sid"
+credential = {{ type = "api_key", key_sid = {{ file = "k" }}, secret = {{ file = "s" }} }}
+[[accounts]]
+sid = "{SID}"
+default = true
+credential = {{ type = "api_key", key_sid = {{ file = "k" }}, secret = {{ file = "s" }} }}
+[policy]
+allow = ["POST /2010-04-01/Accounts/{{AcountSid}}/Messages.json", "GET /v2/Services/*/nope%zz"]
+"#
+    );
+    let config = write(dir.path(), "sidecar.toml", &text);
+    let (code, out, err) = validate(&config, &[]);
+    assert_eq!(code, Some(64), "{out}{err}");
+    for needle in [
+        "accounts[0].sid: \"AC-not-a-sid\" is not an account SID",
+        "policy.allow[0]",
+        "did you mean {AccountSid}",
+        "policy.allow[1]",
+        "3 error(s)",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+}

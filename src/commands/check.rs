@@ -2,8 +2,10 @@
 //! phase with the same gate the proxy runs. Reads no secrets.
 
 use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
+use http::uri::Authority;
 use http::{header, HeaderValue, Method, Request, Uri};
 
 use crate::config::hosts::is_twilio_name;
@@ -39,7 +41,7 @@ pub fn check(config_path: &Path, method: &str, url: &str) -> (String, i32) {
             return (text, EXIT_CONFIG);
         }
     };
-    let parts = match synthetic_request(method, url) {
+    let parts = match synthetic_request(method, url, config.listen) {
         Ok(p) => p,
         Err(message) => return (format!("invalid input: {message}"), CHECK_INVALID),
     };
@@ -50,12 +52,12 @@ pub fn check(config_path: &Path, method: &str, url: &str) -> (String, i32) {
     let hosts = &gate.router.hosts;
     let _ = writeln!(out, "request:  {method} {url}");
     if let Some(host) = trace.host {
-        let source = match result.as_ref().map(|a| a.route.source) {
-            Ok(RouteSource::AbsoluteForm) => " (from the absolute URL)",
-            Ok(RouteSource::HostHeader) => " (from the URL's host)",
-            Ok(RouteSource::PathPrefix) => " (from the leading path segment)",
-            Ok(RouteSource::Default) => " (upstream.default_host)",
-            Err(_) => "",
+        let source = match trace.source {
+            Some(RouteSource::AbsoluteForm) => " (from the absolute URL)",
+            Some(RouteSource::HostHeader) => " (from the URL's host)",
+            Some(RouteSource::PathPrefix) => " (from the leading path segment)",
+            Some(RouteSource::Default) => " (upstream.default_host)",
+            None => "",
         };
         let _ = writeln!(out, "host:     {}{source}", hosts.name(host));
         let path = parts.uri.path().get(trace.path_offset..).unwrap_or("");
@@ -88,6 +90,8 @@ pub fn check(config_path: &Path, method: &str, url: &str) -> (String, i32) {
         };
         let _ = writeln!(out, "rule:     {rule}");
     }
+    // One decision, labelled as the proxy labels it in its metrics and access log.
+    let label = Gate::outcome_label(&result, &trace);
     let code = match result {
         Ok(admission) => {
             let sid = gate.account_sid(admission.account);
@@ -98,20 +102,18 @@ pub fn check(config_path: &Path, method: &str, url: &str) -> (String, i32) {
                 describe_credential(&account.credential)
             );
             if Gate::is_audit_only(&admission.decision) {
-                let _ = writeln!(out, "decision: audit_deny (forwarded because policy.mode = \"audit\"; enforce mode would refuse it)");
+                let _ = writeln!(out, "decision: {label} (forwarded because policy.mode = \"audit\"; enforce mode would refuse it)");
                 CHECK_DENIED
             } else {
-                let _ = writeln!(out, "decision: allow");
+                let _ = writeln!(out, "decision: {label}");
                 CHECK_ALLOWED
             }
         }
         Err(refusal) => {
             let e = ProxyError::from(refusal);
-            let label = trace.decision.map_or("refused", |d| d.label());
-            let _ = writeln!(out, "decision: {label}");
             let _ = writeln!(
                 out,
-                "response: {} {} (code {}): {e}",
+                "decision: {label}: {} {} (code {}): {e}",
                 e.status().as_u16(),
                 e.status().canonical_reason().unwrap_or(""),
                 e.code()
@@ -122,10 +124,17 @@ pub fn check(config_path: &Path, method: &str, url: &str) -> (String, i32) {
     (out, code)
 }
 
-/// Builds the request the sidecar would see for `URL`: a URL on a Twilio host becomes an
-/// absolute-form request; one on another host (the sidecar's own address) an origin-form
-/// request with that Host; a bare path an origin-form request without Host.
-fn synthetic_request(method: &str, url: &str) -> Result<http::request::Parts, String> {
+/// Builds the request the sidecar would see for `URL`, as an app would send it: a URL on the
+/// sidecar's own address (a loopback or unspecified host, `localhost`, or the port of
+/// `listen.address`, as when a gateway is reached by a Service name) becomes an origin-form
+/// request with that `Host`; any other URL an absolute-form request, as an HTTP proxy client
+/// sends it (so a foreign host is refused exactly as the proxy refuses it); a bare path an
+/// origin-form request without `Host`.
+fn synthetic_request(
+    method: &str,
+    url: &str,
+    listen: SocketAddr,
+) -> Result<http::request::Parts, String> {
     let method = Method::from_bytes(method.as_bytes())
         .map_err(|_| format!("{method:?} is not an HTTP method"))?;
     let uri: Uri = url
@@ -133,15 +142,15 @@ fn synthetic_request(method: &str, url: &str) -> Result<http::request::Parts, St
         .map_err(|e| format!("{url:?} is not a URL or path: {e}"))?;
     let mut builder = Request::builder().method(method);
     match uri.authority() {
-        Some(authority) if is_twilio_name(authority.host()) => {
-            builder = builder
-                .uri(uri.clone())
-                .header(header::HOST, authority.as_str());
-        }
-        Some(authority) => {
+        Some(authority) if is_sidecar_address(authority, uri.scheme_str(), listen) => {
             let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
             let value = HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?;
             builder = builder.uri(pq).header(header::HOST, value);
+        }
+        Some(authority) => {
+            builder = builder
+                .uri(uri.clone())
+                .header(header::HOST, authority.as_str());
         }
         None => builder = builder.uri(uri),
     }
@@ -149,6 +158,23 @@ fn synthetic_request(method: &str, url: &str) -> Result<http::request::Parts, St
         .body(())
         .map(|r| r.into_parts().0)
         .map_err(|e| e.to_string())
+}
+
+/// True when `authority` names the sidecar itself rather than a host to proxy to.
+fn is_sidecar_address(authority: &Authority, scheme: Option<&str>, listen: SocketAddr) -> bool {
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    if is_twilio_name(host) {
+        return false;
+    }
+    let local = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified() || ip == listen.ip());
+    let default_port = if scheme == Some("https") { 443 } else { 80 };
+    local || authority.port_u16().unwrap_or(default_port) == listen.port()
 }
 
 fn describe_credential(c: &CredentialConfig) -> String {

@@ -5,7 +5,6 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::config::reader::Diagnostic;
 use crate::config::{Config, EXIT_CONFIG};
 use crate::control::state::State;
 use crate::gate::Gate;
@@ -16,7 +15,9 @@ use crate::metrics::UpstreamMetrics;
 pub fn validate(config_path: &Path, skip_secrets: bool) -> (String, i32) {
     let file = config_path.display().to_string();
     let mut out = String::new();
-    let (config, mut warnings) = match Config::load(config_path) {
+    // Best effort: with errors in the file, what could be read is still checked (the policy
+    // rules above all), so every problem is reported in one run.
+    let (config, read) = match Config::load_best_effort(config_path) {
         Ok(c) => c,
         Err(e) => {
             let n = e.problems.len();
@@ -26,24 +27,23 @@ pub fn validate(config_path: &Path, skip_secrets: bool) -> (String, i32) {
             );
         }
     };
-    let errors: Vec<Diagnostic> = if skip_secrets {
-        match Gate::build(&config) {
-            Ok(gate) => {
-                warnings.extend(gate.lint());
-                Vec::new()
+    let (mut errors, mut warnings) = (read.errors, read.warnings);
+    match config {
+        // Only the gate: secrets are not read for a config that cannot serve anyway, or when
+        // asked not to.
+        Some(config) if skip_secrets || !errors.is_empty() => match Gate::build(&config) {
+            Ok(gate) => warnings.extend(gate.lint()),
+            Err(problems) => errors.extend(problems),
+        },
+        Some(config) => {
+            let metrics = Arc::new(UpstreamMetrics::detached());
+            match State::build(config, Vec::new(), &[], &metrics, None) {
+                Ok(state) => warnings.extend(state.warnings),
+                Err(e) => errors.extend(e.problems),
             }
-            Err(problems) => problems,
         }
-    } else {
-        let metrics = Arc::new(UpstreamMetrics::detached());
-        match State::build(config, Vec::new(), &[], &metrics, None) {
-            Ok(state) => {
-                warnings.extend(state.warnings);
-                Vec::new()
-            }
-            Err(e) => e.problems,
-        }
-    };
+        None => {}
+    }
     for e in &errors {
         let _ = writeln!(out, "{file}: error: {e}");
     }

@@ -102,6 +102,25 @@ impl Config {
         base: &Path,
         file: &str,
     ) -> Result<(Config, Vec<Diagnostic>), ConfigError> {
+        let (config, d) = Self::parse_best_effort(text, base, file)?;
+        match config {
+            Some(c) if d.errors.is_empty() => Ok((c, d.warnings)),
+            _ => Err(ConfigError {
+                file: file.to_string(),
+                problems: d.errors,
+            }),
+        }
+    }
+
+    /// Like [`Config::parse`], but with errors it also returns the config as far as it could
+    /// be read (entries with errors left out; `None` when a whole table is unusable), so
+    /// `validate` can go on to check the rest — the policy rules above all — and report every
+    /// problem at once. Such a config must never serve. Only invalid TOML is an `Err`.
+    pub fn parse_best_effort(
+        text: &str,
+        base: &Path,
+        file: &str,
+    ) -> Result<(Option<Config>, Diagnostics), ConfigError> {
         // Only the message and position: toml's own Display quotes the offending line, which
         // could be an inline secret.
         let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
@@ -118,13 +137,23 @@ impl Config {
         })?;
         let mut d = Diagnostics::default();
         let config = read_config(&table, base, &mut d);
-        match config {
-            Some(c) if d.errors.is_empty() => Ok((c, d.warnings)),
-            _ => Err(ConfigError {
-                file: file.to_string(),
-                problems: d.errors,
+        Ok((config, d))
+    }
+
+    /// [`Config::parse_best_effort`] on a file.
+    pub fn load_best_effort(path: &Path) -> Result<(Option<Config>, Diagnostics), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::single(path.display().to_string(), format!("cannot read: {e}"))
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let (config, d) = Config::parse_best_effort(&text, base, &path.display().to_string())?;
+        Ok((
+            config.map(|mut c| {
+                c.path = Some(path.to_path_buf());
+                c
             }),
-        }
+            d,
+        ))
     }
 
     /// Every file whose change should trigger a reload: the config, secret and policy files.

@@ -325,20 +325,23 @@ fn read_accounts(
                 "missing (the account SID, AC followed by 32 hex digits)",
             );
         }
+        let mut usable = sid.is_some();
         if let Some(sid) = sid {
             if !is_sid(sid, "AC") {
                 d.error(
                     s.key("sid"),
                     format!("{sid:?} is not an account SID (AC followed by 32 hex digits)"),
                 );
+                usable = false;
             } else if accounts.iter().any(|a: &AccountConfig| a.sid == sid) {
                 d.error(s.key("sid"), format!("account {sid} is configured twice"));
+                usable = false;
             }
         }
         let default = s.boolean(d, "default").unwrap_or(false);
         let credential = read_credential(&mut s, d, base);
         s.finish(d);
-        if let (Some(sid), Some(credential)) = (sid, credential) {
+        if let (Some(sid), Some(credential), true) = (sid, credential, usable) {
             accounts.push(AccountConfig {
                 sid: sid.to_string(),
                 default,
@@ -358,7 +361,10 @@ fn read_accounts(
     if accounts.len() == 1 {
         accounts[0].default = true;
     }
-    (d.errors.len() == before).then_some(accounts)
+    // With errors, the accounts that did read go on, so the rest of the config (its policy
+    // above all) is still checked and every problem is reported at once; the errors keep the
+    // config from being used.
+    (d.errors.len() == before || !accounts.is_empty()).then_some(accounts)
 }
 
 fn read_credential(

@@ -16,7 +16,7 @@ use crate::config::reader::Diagnostic;
 use crate::config::Config;
 use crate::gate::policy::{Decision, Policy, Verdict};
 use crate::gate::request_path::CanonicalPath;
-use crate::gate::route::{HostId, Hosts, Route, Router};
+use crate::gate::route::{HostId, Hosts, Route, RouteSource, Router};
 pub use refusal::Refusal;
 
 /// Routing, policy and the account list of one config generation.
@@ -45,6 +45,8 @@ pub struct Admission<'r> {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Trace {
     pub host: Option<HostId>,
+    /// What named the host.
+    pub source: Option<RouteSource>,
     pub decision: Option<Decision>,
     /// Where the forwarded path starts in the received path (after a stripped host prefix).
     pub path_offset: usize,
@@ -174,6 +176,7 @@ impl Gate {
         // Phase 1: route.
         let route = self.router.route(parts)?;
         trace.host = Some(route.host);
+        trace.source = Some(route.source);
         trace.path_offset = parts.uri.path().len() - route.path.len();
 
         // Phase 2: canonical path.
@@ -233,6 +236,17 @@ impl Gate {
     /// The SID of account `index`.
     pub fn account_sid(&self, index: usize) -> &str {
         &self.sids[index]
+    }
+
+    /// The decision label a request's outcome is recorded with (metrics, access log, `check`):
+    /// the policy's own (`allow`, `deny`, `audit_deny`) — or `refused` when a phase other than
+    /// the policy refused it, even after the policy allowed it (an unconfigured account).
+    pub fn outcome_label(result: &Result<Admission<'_>, Refusal>, trace: &Trace) -> &'static str {
+        match (result, trace.decision) {
+            (Ok(admission), _) => admission.decision.label(),
+            (Err(Refusal::Denied { .. }), Some(decision)) => decision.label(),
+            (Err(_), _) => "refused",
+        }
     }
 
     /// True when a denial here is only audited.

@@ -113,8 +113,8 @@ impl Proxy {
         let hosts = &state.gate.router.hosts;
         record.host = trace.host.map_or("-", |h| hosts.name(h));
         record.path_offset = trace.path_offset;
+        record.decision = Gate::outcome_label(&admitted, &trace);
         if let Some(decision) = trace.decision {
-            record.decision = decision.label();
             record.rule = state.gate.policy.rule_label(decision.verdict);
             if let Verdict::Allow { rule } | Verdict::Deny { rule } = decision.verdict {
                 let effect = state.gate.policy.rules()[rule as usize].effect.as_str();

@@ -117,6 +117,27 @@ pub fn operations() -> &'static [Operation] {
     })
 }
 
+/// Every `{Name}` placeholder Twilio's API paths use, most used first (`{Sid}`,
+/// `{ServiceSid}`, `{AccountSid}`, …): the names a rule may use.
+pub fn placeholder_names() -> &'static [&'static str] {
+    static NAMES: OnceLock<Vec<&'static str>> = OnceLock::new();
+    NAMES.get_or_init(|| {
+        let mut counts: Vec<(&'static str, usize)> = Vec::new();
+        for op in operations() {
+            for part in op.segments.iter().flatten() {
+                if let TemplatePart::Param(name) = part {
+                    match counts.iter_mut().find(|(n, _)| n == name) {
+                        Some((_, c)) => *c += 1,
+                        None => counts.push((name, 1)),
+                    }
+                }
+            }
+        }
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        counts.into_iter().map(|(n, _)| n).collect()
+    })
+}
+
 /// The product host a host name belongs to: region/edge forms such as
 /// `api.dublin.ie1.twilio.com` map to `api.twilio.com`.
 pub fn product_host(host: &str) -> String {

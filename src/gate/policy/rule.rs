@@ -11,6 +11,7 @@
 
 use http::Method;
 
+use crate::gate::catalogue::placeholder_names;
 use crate::gate::route::{HostId, Hosts};
 
 /// Whether a rule allows or denies.
@@ -299,6 +300,41 @@ fn parse_pattern(pattern: &str) -> Result<(Vec<SegmentPattern>, bool), (usize, S
     Ok((segments, tail))
 }
 
+/// Why `{name}` is refused: likely a typo (`{AcountSid}` would otherwise quietly match any
+/// segment instead of only configured accounts), so say what it was probably meant to be.
+fn unknown_placeholder(name: &str) -> String {
+    let known = placeholder_names();
+    let mut closest: Vec<&str> = known.to_vec();
+    closest.sort_by_key(|k| edit_distance(&k.to_ascii_lowercase(), &name.to_ascii_lowercase()));
+    let suggest: Vec<String> = closest.iter().take(3).map(|k| format!("{{{k}}}")).collect();
+    let common: Vec<String> = known.iter().take(6).map(|k| format!("{{{k}}}")).collect();
+    format!(
+        "{{{name}}} is not a placeholder Twilio's API paths use (did you mean {}?); the {} known \
+         ones include {}…, and `*` matches any one segment",
+        suggest.join(" or "),
+        known.len(),
+        common.join(", ")
+    )
+}
+
+/// Levenshtein distance, for suggestions.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
 fn parse_segment(seg: &str) -> Result<Vec<Part>, (usize, String)> {
     let bytes = seg.as_bytes();
     let mut parts = Vec::new();
@@ -341,6 +377,9 @@ fn parse_segment(seg: &str) -> Result<Vec<Part>, (usize, String)> {
                     Some(Part::Star | Part::Param | Part::AccountSid)
                 ) {
                     return Err((i, "two wildcards in a row are ambiguous".into()));
+                }
+                if name != "AccountSid" && !placeholder_names().contains(&name) {
+                    return Err((i, unknown_placeholder(name)));
                 }
                 parts.push(if name == "AccountSid" {
                     Part::AccountSid
@@ -458,8 +497,23 @@ mod tests {
             "GET api.twilio.com verify.twilio.com /a",
             "a b c d",
             "/a/{X}{Y}",
+            "/a/{AcountSid}",
         ] {
             assert!(parse(bad).is_err(), "{bad:?} should not parse");
+        }
+    }
+
+    #[test]
+    fn an_unknown_placeholder_names_the_likely_one() {
+        let e = parse("/2010-04-01/Accounts/{AcountSid}/Messages.json").unwrap_err();
+        assert!(e.to_string().contains("did you mean {AccountSid}"), "{e}");
+        assert!(e.to_string().contains("{Sid}"), "{e}");
+        for known in [
+            "/v2/Services/{ServiceSid}/Verifications",
+            "/v1/{Sid}",
+            "/v2/PhoneNumbers/{PhoneNumber}",
+        ] {
+            assert!(parse(known).is_ok(), "{known}");
         }
     }
 
