@@ -147,7 +147,10 @@ impl Sidecar {
             drain: limits.drain_timeout,
         };
 
-        let proxy = Arc::new(Proxy::new(self.shared.clone(), self.metrics.clone()));
+        let proxy = Arc::new(
+            Proxy::new(self.shared.clone(), self.metrics.clone())
+                .with_admin_address(self.admin_addr()),
+        );
         // Load shedding: past `limits.max_concurrent_requests` in flight, a request is answered
         // 503 at once rather than queued behind the others. A permit is one atomic operation,
         // and the request future stays inline in its connection's task (no box per request).

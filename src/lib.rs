@@ -22,9 +22,9 @@
 //!   the per-thread connection pool ([`upstream::pool`]).
 //! - [`control`]: the arc-swapped per-generation [`control::state`], [`control::reload`] with
 //!   its file [`control::watch`], and the [`control::admin`] endpoints.
-//! - [`config`] and [`metrics`]: leaves that everything imports and that import nothing of the
-//!   crate — settings types (TOML in, every problem at once) and one metrics struct per
-//!   component.
+//! - [`config`], [`metrics`] and [`error_codes`]: leaves that everything imports and that
+//!   import nothing of the crate — settings types (TOML in, every problem at once), one metrics
+//!   struct per component, and what each of the sidecar's error codes means.
 //! - Around them: [`app`] (wiring: build, bind, serve, drain), [`commands`] (`check`,
 //!   `validate`), [`dev`] (`dev` mode and its TLS stand-in for Twilio) and [`telemetry`].
 
@@ -36,6 +36,7 @@ pub mod config;
 pub mod control;
 pub mod credentials;
 pub mod dev;
+pub mod error_codes;
 pub mod gate;
 pub mod metrics;
 pub mod proxy;

@@ -163,8 +163,8 @@ fn runtime_then(fut: impl std::future::Future<Output = Result<(), StartError>>) 
             ExitCode::from(EXIT_CONFIG as u8)
         }
         Err(e) => {
+            // Once, through the log (stderr), so log collectors see it too.
             error!(error = %e, "cannot start");
-            eprintln!("twilio-sidecar: {e}");
             ExitCode::FAILURE
         }
     }

@@ -491,3 +491,20 @@ allow = ["POST /2010-04-01/Accounts/{{AcountSid}}/Messages.json", "GET /v2/Servi
         assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
     }
 }
+
+/// `dev` on a busy port: one message, naming the flag the address came from.
+#[test]
+fn dev_on_a_busy_port_says_so_once_naming_the_flag() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let out = sidecar_command()
+        .args(["dev", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.matches("cannot listen").count(), 1, "{err}");
+    assert!(err.contains("(--listen)"), "{err}");
+    assert!(!err.contains("listen.address"), "{err}");
+}

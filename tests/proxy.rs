@@ -795,3 +795,28 @@ async fn paging_links_point_back_at_the_sidecar_in_the_form_the_request_came_in(
         "/v1/Conversations?PageSize=1&Page=1&PageToken=PT1"
     );
 }
+
+/// Every error the sidecar makes links to a page that resolves: its own codes to the admin
+/// listener's `/errors/{code}`, Twilio's to Twilio's documentation.
+#[tokio::test]
+async fn more_info_links_resolve() {
+    let h = Harness::start().await;
+    let resp = h
+        .raw("GET http://evil.example.com/x HTTP/1.1\r\nHost: evil.example.com\r\nConnection: close\r\n\r\n")
+        .await;
+    assert_eq!(resp.twilio_error(403), 79403);
+    let link = resp.json()["more_info"].as_str().unwrap().to_string();
+    assert_eq!(link, format!("http://{}/errors/79403", h.admin));
+    let page = h.admin_get("/errors/79403").await;
+    assert_eq!(page.status, 200);
+    let page = page.json();
+    assert_eq!(page["code"], 79403);
+    assert_eq!(page["status"], 403);
+    assert!(
+        page["remedy"].as_str().unwrap().contains("allowed_hosts"),
+        "{page}"
+    );
+    let all = h.admin_get("/errors").await.json();
+    assert!(all["errors"].as_array().unwrap().len() >= 12, "{all}");
+    assert_eq!(h.admin_get("/errors/70051").await.status, 404);
+}

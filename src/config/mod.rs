@@ -36,6 +36,9 @@ pub struct Config {
     /// per CPU).
     pub workers: usize,
     pub admin: SocketAddr,
+    /// `admin.error_docs_url`: where responses' `more_info` sends readers for the sidecar's
+    /// error codes (`{url}/{code}`). Default: the admin listener's own `/errors` pages.
+    pub error_docs_url: Option<String>,
     pub upstream: UpstreamConfig,
     pub accounts: Vec<AccountConfig>,
     pub policy: PolicyConfig,

@@ -14,7 +14,7 @@ use super::{Config, DEFAULT_ADMIN, DEFAULT_LISTEN};
 pub(super) fn read_config(table: &toml::Table, base: &Path, d: &mut Diagnostics) -> Option<Config> {
     let mut root = Section::new("", table);
     let (listen, unix, workers) = read_listen(&mut root, d, base);
-    let admin = read_address(&mut root, d, "admin", DEFAULT_ADMIN);
+    let (admin, error_docs_url) = read_admin(&mut root, d);
     let upstream = read_upstream(&mut root, d, base);
     let accounts = read_accounts(&mut root, d, base);
     let policy = read_policy(&mut root, d, base);
@@ -41,6 +41,7 @@ pub(super) fn read_config(table: &toml::Table, base: &Path, d: &mut Diagnostics)
         unix,
         workers,
         admin,
+        error_docs_url,
         upstream: upstream?,
         accounts: accounts?,
         policy: policy?,
@@ -197,27 +198,35 @@ fn read_oauth(root: &mut Section<'_>, d: &mut Diagnostics) -> Option<OAuthSettin
     })
 }
 
-/// `[listen]` / `[admin]`: `address = "HOST:PORT"`.
-fn read_address(
-    root: &mut Section<'_>,
-    d: &mut Diagnostics,
-    key: &'static str,
-    default: &str,
-) -> Option<SocketAddr> {
-    let fallback = default.parse().ok();
-    let Some(mut section) = root.table(d, key) else {
-        return if root.get(key).is_some() {
+/// `[admin]`: `address = "HOST:PORT"` and `error_docs_url`.
+fn read_admin(root: &mut Section<'_>, d: &mut Diagnostics) -> (Option<SocketAddr>, Option<String>) {
+    let fallback = DEFAULT_ADMIN.parse().ok();
+    let Some(mut section) = root.table(d, "admin") else {
+        let address = if root.get("admin").is_some() {
             None
         } else {
             fallback
         };
+        return (address, None);
     };
-    let out = match section.string(d, "address") {
+    let address = match section.string(d, "address") {
         Some(s) => parse_addr(d, section.key("address"), s),
         None => fallback,
     };
+    let docs = section.string(d, "error_docs_url").and_then(|url| {
+        let ok = url
+            .parse::<http::Uri>()
+            .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+        if !ok {
+            d.error(
+                section.key("error_docs_url"),
+                format!("expected an http(s) URL such as \"https://wiki.example.com/twilio-sidecar/errors\", found {url:?}"),
+            );
+        }
+        ok.then(|| url.to_string())
+    });
     section.finish(d);
-    out
+    (address, docs)
 }
 
 fn parse_addr(d: &mut Diagnostics, key: String, s: &str) -> Option<SocketAddr> {

@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics`, `/livez`, `/readyz`, `/config` and `POST /reload`.
+//! The admin listener: `/metrics`, `/livez`, `/readyz`, `/config`, `POST /reload`, and
+//! `/errors/{code}`, the page each of the sidecar's error responses links to.
 //!
 //! Kept on its own port so the app-facing listener never exposes operator endpoints, and so
 //! probes and scrapes keep answering when the proxy port is saturated.
@@ -15,6 +16,7 @@ use serde_json::json;
 use crate::control::reload::Reloader;
 use crate::control::state::SharedState;
 use crate::credentials::Credential;
+use crate::error_codes;
 use crate::metrics::Metrics;
 use crate::upstream::ResponseBody as Body;
 
@@ -71,13 +73,35 @@ impl Admin {
                     }),
                 ),
             },
-            (_, "/metrics" | "/livez" | "/readyz" | "/config" | "/reload") => json_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &json!({ "status": "method not allowed" }),
+            (&Method::GET, "/errors") => json_response(
+                StatusCode::OK,
+                &json!({
+                    "errors": error_codes::CODES.iter().map(code_json).collect::<Vec<_>>(),
+                    "twilio_codes": error_codes::TWILIO_ERRORS_URL,
+                }),
             ),
+            (&Method::GET, path) if path.starts_with("/errors/") => {
+                let page = path["/errors/".len()..]
+                    .parse()
+                    .ok()
+                    .and_then(error_codes::lookup);
+                match page {
+                    Some(code) => json_response(StatusCode::OK, &code_json(code)),
+                    None => json_response(
+                        StatusCode::NOT_FOUND,
+                        &json!({ "status": "not found", "see": "/errors", "twilio_codes": error_codes::TWILIO_ERRORS_URL }),
+                    ),
+                }
+            }
+            (_, "/metrics" | "/livez" | "/readyz" | "/config" | "/reload" | "/errors") => {
+                json_response(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    &json!({ "status": "method not allowed" }),
+                )
+            }
             _ => json_response(
                 StatusCode::NOT_FOUND,
-                &json!({ "status": "not found", "endpoints": ["/metrics", "/livez", "/readyz", "/config", "POST /reload"] }),
+                &json!({ "status": "not found", "endpoints": ["/metrics", "/livez", "/readyz", "/config", "POST /reload", "/errors"] }),
             ),
         }
     }
@@ -129,6 +153,11 @@ impl Admin {
             }),
         )
     }
+}
+
+/// One error code's page.
+fn code_json(c: &error_codes::ErrorCode) -> serde_json::Value {
+    json!({ "code": c.code, "status": c.status, "meaning": c.meaning, "remedy": c.remedy })
 }
 
 fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {

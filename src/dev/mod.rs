@@ -68,7 +68,21 @@ pub async fn run(
     let text = dev_config_text(listen, admin, stand_in.addr());
     // The demo's inline fake secret is deliberate, so its warning is dropped.
     let (config, _warnings) = Config::parse(&text, Path::new("."), "<dev>")?;
-    let sidecar = Sidecar::start(config, Vec::new(), vec![stand_in.ca_der()]).await?;
+    let sidecar = Sidecar::start(config, Vec::new(), vec![stand_in.ca_der()])
+        .await
+        .map_err(|e| match e {
+            // The addresses came from the command line, not from a config file.
+            StartError::Bind { what, addr, source } => StartError::Bind {
+                what: match what {
+                    "listen.address" => "--listen",
+                    "admin.address" => "--admin",
+                    other => other,
+                },
+                addr,
+                source,
+            },
+            other => other,
+        })?;
     ready(&banner(
         sidecar.proxy_addr(),
         sidecar.admin_addr(),

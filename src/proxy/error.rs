@@ -4,31 +4,18 @@
 //! [`ProxyError`] and the proxy turns it into `{"code", "message", "more_info", "status"}` JSON with
 //! `Content-Type: application/json`, so the Twilio SDKs surface it as an ordinary Twilio error.
 //!
-//! | code  | status | meaning |
-//! |-------|--------|---------|
-//! | 70051 | 403 | the sidecar's policy refused the request (what a restricted key lacking the permission gets) |
-//! | 79400 | 400 | the request path is not canonical (dot segments, `//`, encoded `/`, `;`, …) |
-//! | 79401 | 400 | the request target or `Host` is malformed or ambiguous |
-//! | 79402 | 400 | the request body could not be read |
-//! | 79403 | 403 | the target host is not an allowed Twilio host: the sidecar is not an open proxy |
-//! | 79404 | 403 | the account SID in the path is not configured in the sidecar |
-//! | 79405 | 405 | the method is not one the sidecar forwards |
-//! | 79408 | 504 | the request did not complete within `limits.request_timeout` |
-//! | 79413 | 413 | the request body exceeds `limits.max_request_body` |
-//! | 79429 | 503 | overloaded: `limits.max_concurrent_requests` are in flight (with `Retry-After`) |
-//! | 79502 | 502 | Twilio could not be reached (connect, TLS or protocol error) |
-//! | 79503 | 503 | no usable credential: the OAuth token endpoint is failing |
-//! | 79504 | 504 | Twilio did not answer within `upstream.request_timeout` |
+//! The codes, what they mean and what to do about them are in [`crate::error_codes`]; each
+//! response's `more_info` links to that code's page (the admin listener serves them at
+//! `/errors/{code}`, or `admin.error_docs_url` points elsewhere), and Twilio's own codes to
+//! Twilio's documentation.
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
+use crate::error_codes::more_info;
 use crate::gate::Refusal;
 use crate::upstream::UpstreamFailure;
 use http_body_util::Full;
-
-/// Where Twilio documents its own codes; sidecar codes are documented in the README instead.
-const TWILIO_ERRORS_URL: &str = "https://www.twilio.com/docs/errors/";
 
 /// A request the sidecar answers itself instead of forwarding.
 #[derive(Debug, thiserror::Error)]
@@ -91,10 +78,10 @@ impl ProxyError {
         }
     }
 
-    /// The response the app receives.
-    pub fn to_response(&self) -> Response<Full<Bytes>> {
+    /// The response the app receives; `docs` is where the sidecar's error pages are.
+    pub fn to_response(&self, docs: &str) -> Response<Full<Bytes>> {
         let status = self.status();
-        let body = twilio_error_body(self.code(), &self.to_string(), status);
+        let body = twilio_error_body(self.code(), &self.to_string(), status, docs);
         let mut response = Response::new(Full::new(body));
         *response.status_mut() = status;
         response.headers_mut().insert(
@@ -111,22 +98,12 @@ impl ProxyError {
     }
 }
 
-/// `more_info` for a code: Twilio's page for Twilio's codes; ours are the sidecar's own and are
-/// documented in its README (there is no public page to link, so we name the section).
-fn more_info(code: u32) -> String {
-    if (79000..80000).contains(&code) {
-        format!("twilio-sidecar README.md#error-codes ({code})")
-    } else {
-        format!("{TWILIO_ERRORS_URL}{code}")
-    }
-}
-
 /// Serialises Twilio's error shape.
-pub fn twilio_error_body(code: u32, message: &str, status: StatusCode) -> Bytes {
+pub fn twilio_error_body(code: u32, message: &str, status: StatusCode, docs: &str) -> Bytes {
     let value = serde_json::json!({
         "code": code,
         "message": message,
-        "more_info": more_info(code),
+        "more_info": more_info(code, docs),
         "status": status.as_u16(),
     });
     Bytes::from(value.to_string())
@@ -145,7 +122,7 @@ mod tests {
             path: "/2010-04-01/Accounts/AC1/Calls.json".into(),
             reason: "no allow rule matches".into(),
         });
-        let response = err.to_response();
+        let response = err.to_response("http://127.0.0.1:9090/errors");
         assert_eq!(response.status(), 403);
         assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
         let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -179,6 +156,11 @@ mod tests {
             ProxyError::RequestTimeout(std::time::Duration::ZERO),
             ProxyError::Overloaded,
         ];
+        for e in &errors {
+            let documented = crate::error_codes::lookup(e.code())
+                .unwrap_or_else(|| panic!("{} has no entry in error_codes", e.code()));
+            assert_eq!(documented.status, e.status().as_u16(), "{}", e.code());
+        }
         let mut codes: Vec<u32> = errors.iter().map(ProxyError::code).collect();
         codes.push(70051);
         let n = codes.len();

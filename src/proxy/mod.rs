@@ -33,6 +33,7 @@ pub mod paging;
 mod pipeline;
 pub mod server;
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -43,7 +44,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 use tracing::info;
 
-use crate::control::state::SharedState;
+use crate::control::state::{SharedState, State};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::upstream::body::ResponseBody as Body;
 use error::ProxyError;
@@ -85,6 +86,8 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     id_prefix: u32,
     next_id: AtomicU64,
+    /// Where `more_info` points for the sidecar's codes unless `admin.error_docs_url` says.
+    error_docs: Box<str>,
 }
 
 impl Proxy {
@@ -94,12 +97,29 @@ impl Proxy {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos() ^ (d.as_secs() as u32))
             ^ std::process::id().rotate_left(16);
+        let admin = state.load().config.admin;
         Proxy {
             state,
             metrics,
             id_prefix,
             next_id: AtomicU64::new(1),
+            error_docs: admin_error_pages(admin).into(),
         }
+    }
+
+    /// The admin listener's address as bound (it may have been port 0), for `more_info`.
+    pub fn with_admin_address(mut self, admin: SocketAddr) -> Proxy {
+        self.error_docs = admin_error_pages(admin).into();
+        self
+    }
+
+    /// Where `more_info` points for the sidecar's own codes.
+    fn error_docs<'s>(&'s self, state: &'s State) -> &'s str {
+        state
+            .config
+            .error_docs_url
+            .as_deref()
+            .unwrap_or(&self.error_docs)
     }
 
     /// Handles one request from the app. Never fails: refusals become Twilio-shaped errors.
@@ -120,9 +140,11 @@ impl Proxy {
         let outcome = tokio::time::timeout(limit, self.pipeline(&state, req, &mut record)).await;
         let response = match outcome {
             Ok(Ok(response)) => response,
-            Ok(Err(error)) => error.to_response().map(Either::Right),
+            Ok(Err(error)) => error
+                .to_response(self.error_docs(&state))
+                .map(Either::Right),
             Err(_) => ProxyError::RequestTimeout(limit)
-                .to_response()
+                .to_response(self.error_docs(&state))
                 .map(Either::Right),
         };
         self.finish(response, &record, &method, &uri, request_id, started)
@@ -142,7 +164,10 @@ impl Proxy {
             decision: "shed",
             ..Record::default()
         };
-        let response = ProxyError::Overloaded.to_response().map(Either::Right);
+        let state = self.state.load();
+        let response = ProxyError::Overloaded
+            .to_response(self.error_docs(&state))
+            .map(Either::Right);
         let request_id = self.request_id(app_request_id);
         self.finish(response, &record, method, uri, request_id, started)
     }
@@ -180,7 +205,7 @@ impl Proxy {
             decision = record.decision,
             account = record.account,
             status = status.as_u16(),
-            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            latency_ms = latency_ms(elapsed),
             twilio_request_id = record
                 .twilio_request_id
                 .as_ref()
@@ -204,6 +229,17 @@ impl Proxy {
     }
 }
 
+/// `http://{admin}/errors`, with an unspecified admin IP (`0.0.0.0`) as loopback: the pages
+/// are reachable from the sidecar's own host or pod.
+fn admin_error_pages(admin: SocketAddr) -> String {
+    let ip = match admin.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => IpAddr::from([127, 0, 0, 1]),
+        ip if ip.is_unspecified() => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}/errors", SocketAddr::new(ip, admin.port()))
+}
+
 /// `{prefix:08x}{n:016x}`, written in place rather than through `format!`: nearly every
 /// request gets one.
 fn generated_request_id(prefix: u32, n: u64) -> HeaderValue {
@@ -213,6 +249,12 @@ fn generated_request_id(prefix: u32, n: u64) -> HeaderValue {
         *b = b"0123456789abcdef"[((digits >> (4 * (23 - i))) & 0xf) as usize];
     }
     HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// Milliseconds to the microsecond (`48.232`, not `48.232476000000005`): the nearest double to
+/// a whole number of microseconds prints as exactly that many decimals.
+fn latency_ms(elapsed: std::time::Duration) -> f64 {
+    elapsed.as_micros() as f64 / 1000.0
 }
 
 /// Decrements the in-flight gauge however the request ends (including a dropped future).
@@ -254,6 +296,20 @@ mod tests {
                 generated_request_id(prefix, n).to_str().unwrap(),
                 format!("{prefix:08x}{n:016x}")
             );
+        }
+    }
+
+    #[test]
+    fn latencies_are_logged_to_the_microsecond() {
+        for (nanos, text) in [
+            (48_232_476, "48.232"),
+            (1_000, "0.001"),
+            (999, "0"),
+            (3_000_000_000, "3000"),
+            (12_345_678, "12.345"),
+        ] {
+            let ms = latency_ms(std::time::Duration::from_nanos(nanos));
+            assert_eq!(ms.to_string(), text);
         }
     }
 

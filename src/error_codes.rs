@@ -1,0 +1,161 @@
+//! The sidecar's own error codes (794xx, 795xx): what each means and what to do about it.
+//!
+//! One table, read by the responses (their `more_info` links to a page made from it), by the
+//! admin listener's `/errors` pages and by a test that keeps the README's table in step. A
+//! leaf: it imports nothing of the crate. Twilio's own codes (70051 for a permission a
+//! restricted key lacks) are documented by Twilio and link there.
+
+/// One code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorCode {
+    pub code: u32,
+    pub status: u16,
+    /// What happened, in a line.
+    pub meaning: &'static str,
+    /// What to do about it.
+    pub remedy: &'static str,
+}
+
+/// Where Twilio documents its own codes.
+pub const TWILIO_ERRORS_URL: &str = "https://www.twilio.com/docs/errors/";
+
+/// Every code the sidecar answers with itself, besides Twilio's 70051.
+pub const CODES: &[ErrorCode] = &[
+    ErrorCode {
+        code: 79400,
+        status: 400,
+        meaning: "The request path is not canonical: a dot segment, an empty segment, an encoded \
+                  '/', '\\\\', '?', '#' or ';', a raw '\\\\' or ';', a control character, invalid \
+                  percent-encoding or bytes that are not UTF-8.",
+        remedy: "Send the path exactly as Twilio's API documents it, percent-encoded once. The \
+                 sidecar refuses paths that servers could read in more than one way rather than \
+                 normalise them.",
+    },
+    ErrorCode {
+        code: 79401,
+        status: 400,
+        meaning: "The request target or Host header is malformed or ambiguous: userinfo, a \
+                  non-default port, an absolute-form target whose host disagrees with Host, a \
+                  duplicated Host, a trailing dot.",
+        remedy: "Send a plain request to the sidecar (origin form), or an absolute-form request \
+                 whose host and Host header name the same Twilio host.",
+    },
+    ErrorCode {
+        code: 79402,
+        status: 400,
+        meaning: "The request body could not be read: it broke off, or exceeded the length it \
+                  announced.",
+        remedy: "Retry; check the client's Content-Length and that it sends the whole body.",
+    },
+    ErrorCode {
+        code: 79403,
+        status: 403,
+        meaning: "The request names a host that is not an allowed Twilio host. The sidecar is \
+                  not an open proxy: it contacts only upstream.allowed_hosts.",
+        remedy: "Use a Twilio product host. To reach a region or edge host \
+                 (api.dublin.ie1.twilio.com), add it to upstream.allowed_hosts.",
+    },
+    ErrorCode {
+        code: 79404,
+        status: 403,
+        meaning: "The account SID in the path (/2010-04-01/Accounts/{sid}/…) is not configured \
+                  in the sidecar, so it holds no credential for it.",
+        remedy: "Use a configured account, or add an [[accounts]] table for this one.",
+    },
+    ErrorCode {
+        code: 79405,
+        status: 405,
+        meaning: "The method is not one the sidecar forwards: only GET, HEAD, POST, PUT, PATCH, \
+                  DELETE and OPTIONS, in upper case; never CONNECT or TRACE.",
+        remedy: "Use the method Twilio's API documents, spelled in upper case.",
+    },
+    ErrorCode {
+        code: 79408,
+        status: 504,
+        meaning: "The whole request took longer than limits.request_timeout.",
+        remedy: "Retry; if it keeps happening, look at upstream latency \
+                 (twilio_sidecar_upstream_duration_seconds) or raise limits.request_timeout.",
+    },
+    ErrorCode {
+        code: 79413,
+        status: 413,
+        meaning: "The request body is larger than limits.max_request_body; it never reached \
+                  Twilio.",
+        remedy: "Send a smaller body, or raise limits.max_request_body.",
+    },
+    ErrorCode {
+        code: 79429,
+        status: 503,
+        meaning: "The sidecar is overloaded: limits.max_concurrent_requests requests are in \
+                  flight, so this one was shed at once rather than queued.",
+        remedy: "Retry after the Retry-After delay; scale out, or look at upstream latency.",
+    },
+    ErrorCode {
+        code: 79502,
+        status: 502,
+        meaning: "Twilio could not be reached: a connect, TLS (certificate verification \
+                  included) or protocol error.",
+        remedy: "Retry. If it persists, check network egress to Twilio on 443, and, for TLS \
+                 errors, whether something intercepts the traffic \
+                 (twilio_sidecar_upstream_errors_total by kind).",
+    },
+    ErrorCode {
+        code: 79503,
+        status: 503,
+        meaning: "No usable credential: an OAuth2 account has no usable token because its token \
+                  endpoint is failing.",
+        remedy: "Retry after the Retry-After delay. Check the account's client credentials and \
+                 twilio_sidecar_oauth_token_fetches_total; /readyz lists the account.",
+    },
+    ErrorCode {
+        code: 79504,
+        status: 504,
+        meaning: "Twilio did not answer within upstream.request_timeout.",
+        remedy: "Retry; Twilio or the network is slow. Raise upstream.request_timeout only if \
+                 Twilio is known to need longer for this call.",
+    },
+];
+
+/// The entry for `code`, if it is one of the sidecar's.
+pub fn lookup(code: u32) -> Option<&'static ErrorCode> {
+    CODES.iter().find(|c| c.code == code)
+}
+
+/// `more_info` for a code: the sidecar's own page (`{docs}/{code}`) for its codes, Twilio's
+/// for Twilio's.
+pub fn more_info(code: u32, docs: &str) -> String {
+    if lookup(code).is_some() {
+        format!("{}/{code}", docs.trim_end_matches('/'))
+    } else {
+        format!("{TWILIO_ERRORS_URL}{code}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_distinct_and_links_go_to_the_right_place() {
+        let mut codes: Vec<u32> = CODES.iter().map(|c| c.code).collect();
+        codes.dedup();
+        assert_eq!(codes.len(), CODES.len());
+        assert_eq!(
+            more_info(79403, "http://127.0.0.1:9090/errors/"),
+            "http://127.0.0.1:9090/errors/79403"
+        );
+        assert_eq!(
+            more_info(70051, "http://127.0.0.1:9090/errors"),
+            "https://www.twilio.com/docs/errors/70051"
+        );
+    }
+
+    #[test]
+    fn the_readme_table_lists_every_code() {
+        let readme = include_str!("../README.md");
+        for c in CODES {
+            let row = format!("| {} | {} |", c.code, c.status);
+            assert!(readme.contains(&row), "README lacks the row for {}", c.code);
+        }
+    }
+}
