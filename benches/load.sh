@@ -33,6 +33,7 @@ if [ "${1:-}" = "--smoke" ]; then
   shift
   cargo build --locked --bin twilio-sidecar
   out=$(mktemp -d)
+  trap 'rm -rf "$out"' EXIT
   python3 benches/load.py --binary target/debug/twilio-sidecar --smoke --out "$out" "$@"
   python3 benches/load.py --binary target/debug/twilio-sidecar --smoke --upstream-http2 --out "$out" "$@"
   python3 benches/instructions.py --binary target/debug/twilio-sidecar --seconds 1 --out "$out/instructions.json"
@@ -43,7 +44,7 @@ if [ "${1:-}" = "--smoke" ]; then
   grep -q "twilio-sidecar" "$out/RESULTS.md"
   grep -q "The last change, A/B" "$out/RESULTS.md"
   grep -q "When the upstream offers HTTP/2" "$out/RESULTS.md"
-  echo "load.sh: smoke run OK (results in $out, RESULTS.md not touched)"
+  echo "load.sh: smoke run OK (RESULTS.md not touched)"
   exit 0
 fi
 

@@ -44,8 +44,13 @@ sdk_tests() {
   # Needs the packages above, so it is #[ignore]d in a plain `cargo test`.
   cargo test --locked --test sdk_interop -- --ignored 2>&1 | tee -a "$work/cargo.log"
 }
+soak() {
+  # The short profile of the soak under faults (the long one: benches/SOAK.md).
+  SOAK_SECONDS=60 cargo test --locked --test soak -- --ignored --nocapture 2>&1 | tee -a "$work/cargo.log"
+}
 step "cargo test" rust_tests
 step "SDK interop (twilio-python, twilio-node, Prism)" sdk_tests
+step "soak under faults, 60 s" soak
 # deploy/: Kubernetes manifests (as kustomize renders them) against the Kubernetes schemas,
 # embedded configs, the dashboard and alert rules, the systemd unit.
 step "deploy/ validation" bash scripts/validate-deploy.sh target/debug/twilio-sidecar
