@@ -1,4 +1,4 @@
-//! The `twilio-sidecar` binary: `run`, `dev`, `check`, `validate`.
+//! The `twilio-sidecar` binary: `run`, `dev`, `check`, `validate`, `client-key`.
 
 #![forbid(unsafe_code)]
 
@@ -60,6 +60,15 @@ enum Command {
         method: String,
         /// A Twilio URL (https://api.twilio.com/...), a path, or a URL on the sidecar's address.
         url: String,
+        /// Explain the request as this [[clients]] entry makes it.
+        #[arg(long)]
+        client: Option<String>,
+    },
+    /// Print a new local secret for a [[clients]] table, and the secret_sha256 line for it.
+    ClientKey {
+        /// The client id to put in the printed table.
+        #[arg(long)]
+        id: Option<String>,
     },
     /// Load and lint a config; print every error and warning. Exit 64 on error.
     Validate {
@@ -78,7 +87,14 @@ fn main() -> ExitCode {
             config,
             method,
             url,
-        } => finish(commands::check(&config, &method, &url)),
+            client,
+        } => finish(commands::check_as(
+            &config,
+            &method,
+            &url,
+            client.as_deref(),
+        )),
+        Command::ClientKey { id } => finish(commands::client_key(id.as_deref())),
         Command::Validate {
             config,
             skip_secrets,

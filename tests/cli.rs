@@ -256,7 +256,7 @@ fn dev_mode_prints_curl_commands_that_work() {
     assert_eq!(verify["host"], "verify.twilio.com");
     let metrics = run(commands[3]);
     assert!(
-        metrics.contains("twilio_sidecar_requests_total{decision=\"allow\""),
+        metrics.contains("twilio_sidecar_requests_total{client=\"anonymous\",decision=\"allow\""),
         "{metrics}"
     );
     assert!(metrics.contains("decision=\"deny\""), "{metrics}");

@@ -437,9 +437,9 @@ async fn metrics_count_requests_with_bounded_labels() {
     assert_eq!(h.send("GET", "/a/../b", &[], b"").await.status, 400);
     let m = h.metrics().await;
     for line in [
-        r#"twilio_sidecar_requests_total{decision="allow",host="api.twilio.com",method="POST",rule="POST /2010-04-01/Accounts/{AccountSid}/Messages.json",status="200"} 2"#,
-        r#"twilio_sidecar_requests_total{decision="deny",host="api.twilio.com",method="GET",rule="default-deny",status="403"} 1"#,
-        r#"twilio_sidecar_requests_total{decision="refused",host="api.twilio.com",method="GET",rule="-",status="400"} 1"#,
+        r#"twilio_sidecar_requests_total{client="anonymous",decision="allow",host="api.twilio.com",method="POST",rule="POST /2010-04-01/Accounts/{AccountSid}/Messages.json",status="200"} 2"#,
+        r#"twilio_sidecar_requests_total{client="anonymous",decision="deny",host="api.twilio.com",method="GET",rule="default-deny",status="403"} 1"#,
+        r#"twilio_sidecar_requests_total{client="anonymous",decision="refused",host="api.twilio.com",method="GET",rule="-",status="400"} 1"#,
         r#"twilio_sidecar_request_duration_seconds_count{decision="allow",host="api.twilio.com"} 2"#,
         r#"twilio_sidecar_upstream_duration_seconds_count{host="api.twilio.com"} 2"#,
         r#"twilio_sidecar_in_flight_requests 0"#,
@@ -695,9 +695,9 @@ async fn audit_mode_forwards_would_be_denials_and_counts_them() {
 
     let m = h.metrics().await;
     for line in [
-        r#"twilio_sidecar_requests_total{decision="audit_deny",host="api.twilio.com",method="GET",rule="default-deny",status="200"} 1"#,
-        r#"twilio_sidecar_requests_total{decision="audit_deny",host="api.twilio.com",method="GET",rule="* /2010-04-01/Accounts/{AccountSid}/Keys*",status="200"} 1"#,
-        r#"twilio_sidecar_requests_total{decision="allow",host="api.twilio.com",method="POST",rule="POST /2010-04-01/Accounts/{AccountSid}/Messages.json",status="200"} 1"#,
+        r#"twilio_sidecar_requests_total{client="anonymous",decision="audit_deny",host="api.twilio.com",method="GET",rule="default-deny",status="200"} 1"#,
+        r#"twilio_sidecar_requests_total{client="anonymous",decision="audit_deny",host="api.twilio.com",method="GET",rule="* /2010-04-01/Accounts/{AccountSid}/Keys*",status="200"} 1"#,
+        r#"twilio_sidecar_requests_total{client="anonymous",decision="allow",host="api.twilio.com",method="POST",rule="POST /2010-04-01/Accounts/{AccountSid}/Messages.json",status="200"} 1"#,
         r#"twilio_sidecar_policy_rule_hits_total{effect="deny",rule="* /2010-04-01/Accounts/{AccountSid}/Keys*"} 1"#,
         r#"twilio_sidecar_policy_rule_hits_total{effect="allow",rule="POST /2010-04-01/Accounts/{AccountSid}/Messages.json"} 1"#,
         r#"twilio_sidecar_policy_rule_hits_total{effect="allow",rule="GET lookups.twilio.com /v2/PhoneNumbers/*"} 0"#,

@@ -11,10 +11,11 @@ use http::{header, HeaderValue, Method, Request, Uri};
 use crate::config::hosts::is_twilio_name;
 use crate::config::{Config, CredentialConfig, SecretSource, EXIT_CONFIG};
 use crate::gate::catalogue;
+use crate::gate::clients::{AuthFailure, Caller};
 use crate::gate::policy::Verdict;
 use crate::gate::request_path::CanonicalPath;
 use crate::gate::route::RouteSource;
-use crate::gate::{Gate, Trace};
+use crate::gate::{Gate, Refusal, Trace};
 use crate::proxy::error::ProxyError;
 
 /// Exit codes of `check`.
@@ -26,6 +27,17 @@ pub const CHECK_INVALID: i32 = 2;
 /// Returns the report and the exit code (0 allowed, 1 denied or refused, 2 invalid input,
 /// 64 bad config).
 pub fn check(config_path: &Path, method: &str, url: &str) -> (String, i32) {
+    check_as(config_path, method, url, None)
+}
+
+/// [`check`] for a request from the client `client` (`--client ID`); `None`: one without
+/// client credentials.
+pub fn check_as(
+    config_path: &Path,
+    method: &str,
+    url: &str,
+    client: Option<&str>,
+) -> (String, i32) {
     let config = match Config::load(config_path) {
         Ok((config, _)) => config,
         Err(e) => return (e.to_string(), EXIT_CONFIG),
@@ -46,11 +58,40 @@ pub fn check(config_path: &Path, method: &str, url: &str) -> (String, i32) {
         Err(message) => return (format!("invalid input: {message}"), CHECK_INVALID),
     };
 
+    let caller = match client {
+        Some(id) => match gate.client(id) {
+            Some(caller) => caller,
+            None => {
+                let known: Vec<&str> = gate.clients.iter().map(|c| &*c.id).collect();
+                return (
+                    format!("invalid input: no client {id:?} in the config (clients: {known:?})"),
+                    CHECK_INVALID,
+                );
+            }
+        },
+        None => Caller::Anonymous,
+    };
+
     let mut out = String::new();
-    let mut trace = Trace::default();
-    let result = gate.admit(&parts, &mut trace);
-    let hosts = &gate.router.hosts;
     let _ = writeln!(out, "request:  {method} {url}");
+    if !gate.clients.is_empty() {
+        let _ = writeln!(out, "client:   {}", gate.client_label(caller));
+        if caller == Caller::Anonymous && !gate.anonymous {
+            let e = ProxyError::from(Refusal::Unauthenticated(AuthFailure::Missing));
+            let _ = writeln!(
+                out,
+                "decision: refused: {} {} (code {}): {e} (check --client ID explains a client's request)",
+                e.status().as_u16(),
+                e.status().canonical_reason().unwrap_or(""),
+                e.code()
+            );
+            return (out, CHECK_DENIED);
+        }
+    }
+    let mut trace = Trace::default();
+    let result = gate.admit_as(&parts, caller, &mut trace);
+    let hosts = &gate.router.hosts;
+    let policy = gate.policy_for(caller);
     if let Some(host) = trace.host {
         let source = match trace.source {
             Some(RouteSource::AbsoluteForm) => " (from the absolute URL)",
@@ -82,9 +123,9 @@ pub fn check(config_path: &Path, method: &str, url: &str) -> (String, i32) {
         let rule = match decision.verdict {
             Verdict::Allow { rule } | Verdict::Deny { rule } => format!(
                 "{} rule {:?} ({})",
-                gate.policy.rules()[rule as usize].effect.as_str(),
-                gate.policy.rule_label(decision.verdict),
-                gate.rule_origin(rule as usize)
+                policy.rules()[rule as usize].effect.as_str(),
+                policy.rule_label(decision.verdict),
+                gate.rule_origin_for(caller, rule as usize)
             ),
             Verdict::NoMatch => "no allow rule matches (default deny)".to_string(),
         };

@@ -1,8 +1,11 @@
-//! The operator commands that do not serve traffic: [`check`] (explain one decision) and
-//! [`validate`] (load and lint a config, every problem at once).
+//! The operator commands that do not serve traffic: [`check`] (explain one decision),
+//! [`validate`] (load and lint a config, every problem at once) and [`client_key`] (a new
+//! local key for a `[[clients]]` table).
 
 mod check;
+mod client_key;
 mod validate;
 
-pub use check::{check, CHECK_ALLOWED, CHECK_DENIED, CHECK_INVALID};
+pub use check::{check, check_as, CHECK_ALLOWED, CHECK_DENIED, CHECK_INVALID};
+pub use client_key::{client_key, new_client_key};
 pub use validate::validate;

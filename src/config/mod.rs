@@ -42,6 +42,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub accounts: Vec<AccountConfig>,
     pub policy: PolicyConfig,
+    /// `[[clients]]`: per-app local keys and policies (empty: every caller is the same app).
+    pub clients: Vec<ClientConfig>,
     /// `[oauth]`: token cache tunables for oauth2 accounts.
     pub oauth: OAuthSettings,
     /// `[reload]`: file watching.
@@ -169,6 +171,12 @@ impl Config {
         }
         files.extend(self.upstream.ca_file.iter().cloned());
         files.extend(self.policy.files.iter().cloned());
+        for client in &self.clients {
+            if let ClientSecret::Source(source) = &client.secret {
+                files.extend(source.file().map(Path::to_path_buf));
+            }
+            files.extend(client.files.iter().cloned());
+        }
         files
     }
 }

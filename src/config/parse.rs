@@ -18,11 +18,24 @@ pub(super) fn read_config(table: &toml::Table, base: &Path, d: &mut Diagnostics)
     let upstream = read_upstream(&mut root, d, base);
     let accounts = read_accounts(&mut root, d, base);
     let policy = read_policy(&mut root, d, base);
+    let clients = read_clients(&mut root, d, base);
     let oauth = read_oauth(&mut root, d);
     let reload = read_reload(&mut root, d);
     let limits = read_limits(&mut root, d);
     root.finish(d);
 
+    if let (Some(accounts), Some(clients)) = (&accounts, &clients) {
+        for (i, client) in clients.iter().enumerate() {
+            for (j, sid) in client.accounts.iter().flatten().enumerate() {
+                if !accounts.iter().any(|a| a.sid == *sid) {
+                    d.error(
+                        format!("clients[{i}].accounts[{j}]"),
+                        format!("account {sid} is not configured in [[accounts]]"),
+                    );
+                }
+            }
+        }
+    }
     let (listen, admin) = (listen?, admin?);
     if listen == admin && listen.port() != 0 {
         d.error("admin.address", "must differ from listen.address");
@@ -45,6 +58,7 @@ pub(super) fn read_config(table: &toml::Table, base: &Path, d: &mut Diagnostics)
         upstream: upstream?,
         accounts: accounts?,
         policy: policy?,
+        clients: clients?,
         oauth: oauth?,
         reload: reload?,
         limits: limits?,
@@ -475,17 +489,7 @@ fn read_policy(root: &mut Section<'_>, d: &mut Diagnostics, base: &Path) -> Opti
         return None;
     };
     let before = d.errors.len();
-    let mode = match s.string(d, "mode") {
-        None | Some("enforce") => Mode::Enforce,
-        Some("audit") => Mode::Audit,
-        Some(other) => {
-            d.error(
-                s.key("mode"),
-                format!("expected \"enforce\" or \"audit\", found {other:?}"),
-            );
-            Mode::Enforce
-        }
-    };
+    let mode = read_mode(&mut s, d).unwrap_or(Mode::Enforce);
     let allow = s.strings(d, "allow").unwrap_or_default();
     let deny = s.strings(d, "deny").unwrap_or_default();
     let files: Vec<PathBuf> = s
@@ -494,10 +498,23 @@ fn read_policy(root: &mut Section<'_>, d: &mut Diagnostics, base: &Path) -> Opti
         .into_iter()
         .map(|f| base.join(f))
         .collect();
-    if allow.is_empty() && files.is_empty() {
+    let anonymous = s.boolean(d, "anonymous").unwrap_or(false);
+    let has_clients = root.get("clients").is_some();
+    if anonymous && allow.is_empty() && files.is_empty() {
+        d.error(
+            s.key("anonymous"),
+            "anonymous = true serves requests without client credentials under [policy]'s allow rules, and there are none",
+        );
+    } else if allow.is_empty() && files.is_empty() && !has_clients {
         d.warn(
             s.key("allow"),
             "no allow rules: every request will be denied",
+        );
+    }
+    if anonymous && !has_clients {
+        d.warn(
+            s.key("anonymous"),
+            "has no effect without [[clients]]: every request is anonymous",
         );
     }
     s.finish(d);
@@ -506,5 +523,139 @@ fn read_policy(root: &mut Section<'_>, d: &mut Diagnostics, base: &Path) -> Opti
         allow: allow.into_iter().map(String::from).collect(),
         deny: deny.into_iter().map(String::from).collect(),
         files,
+        anonymous,
     })
+}
+
+/// `mode = "enforce" | "audit"`, if given.
+fn read_mode(s: &mut Section<'_>, d: &mut Diagnostics) -> Option<Mode> {
+    match s.string(d, "mode")? {
+        "enforce" => Some(Mode::Enforce),
+        "audit" => Some(Mode::Audit),
+        other => {
+            d.error(
+                s.key("mode"),
+                format!("expected \"enforce\" or \"audit\", found {other:?}"),
+            );
+            None
+        }
+    }
+}
+
+/// `[[clients]]`: every key checked, every problem reported.
+fn read_clients(
+    root: &mut Section<'_>,
+    d: &mut Diagnostics,
+    base: &Path,
+) -> Option<Vec<ClientConfig>> {
+    let Some(sections) = root.tables(d, "clients") else {
+        return if root.get("clients").is_some() {
+            None
+        } else {
+            Some(Vec::new())
+        };
+    };
+    let before = d.errors.len();
+    let mut clients: Vec<ClientConfig> = Vec::new();
+    for mut s in sections {
+        let id = s.string(d, "id");
+        match id {
+            None if s.get("id").is_none() => d.error(
+                s.key("id"),
+                "missing: the name the app presents as its Basic username",
+            ),
+            Some(id) if !is_client_id(id) => d.error(
+                s.key("id"),
+                format!("{id:?} is not a client id ([A-Za-z0-9][A-Za-z0-9_.-], up to 64 characters, not shaped like a Twilio SID)"),
+            ),
+            Some(id) if clients.iter().any(|c| c.id == id) => {
+                d.error(s.key("id"), format!("client {id:?} is configured twice"))
+            }
+            _ => {}
+        }
+        let hashes = s.strings(d, "secret_sha256").map(|hashes| {
+            if hashes.is_empty() || hashes.len() > MAX_CLIENT_HASHES {
+                d.error(
+                    s.key("secret_sha256"),
+                    format!("give 1 to {MAX_CLIENT_HASHES} hashes (two while a rotation overlaps), found {}", hashes.len()),
+                );
+            }
+            hashes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, h)| {
+                    let parsed = parse_sha256_hex(&h.to_ascii_lowercase());
+                    if parsed.is_none() {
+                        d.error(
+                            format!("{}[{i}]", s.key("secret_sha256")),
+                            "not a SHA-256 hash (64 hex digits; `twilio-sidecar client-key` prints one)",
+                        );
+                    }
+                    parsed
+                })
+                .collect::<Vec<_>>()
+        });
+        let source = if s.get("secret").is_some() {
+            SecretSource::parse(&mut s, d, "secret", true, base)
+        } else {
+            None
+        };
+        let secret = match (hashes, source) {
+            (Some(h), None) => Some(ClientSecret::Hashes(h)),
+            (None, Some(src)) => Some(ClientSecret::Source(src)),
+            (Some(_), Some(_)) => {
+                d.error(
+                    s.key("secret"),
+                    "give either secret_sha256 or secret, not both",
+                );
+                None
+            }
+            (None, None) => {
+                d.error(
+                    s.key("secret_sha256"),
+                    "missing: the SHA-256 of the client's local secret (`twilio-sidecar client-key` makes both), or secret = { file = \"PATH\" }",
+                );
+                None
+            }
+        };
+        let accounts = s.strings(d, "accounts").map(|list| {
+            for (i, sid) in list.iter().enumerate() {
+                if !is_sid(sid, "AC") {
+                    d.error(
+                        format!("{}[{i}]", s.key("accounts")),
+                        format!("{sid:?} is not an account SID (AC followed by 32 hex digits)"),
+                    );
+                }
+            }
+            list.iter().map(|a| a.to_string()).collect::<Vec<_>>()
+        });
+        let mode = read_mode(&mut s, d);
+        let allow = s.strings(d, "allow").unwrap_or_default();
+        let deny = s.strings(d, "deny").unwrap_or_default();
+        let files: Vec<PathBuf> = s
+            .strings(d, "files")
+            .unwrap_or_default()
+            .into_iter()
+            .map(|f| base.join(f))
+            .collect();
+        if allow.is_empty() && files.is_empty() {
+            d.error(
+                s.key("allow"),
+                "a client needs allow rules (or files): without them every request it makes is denied",
+            );
+        }
+        s.finish(d);
+        if let (Some(id), Some(secret)) = (id, secret) {
+            clients.push(ClientConfig {
+                id: id.to_string(),
+                secret,
+                accounts,
+                mode,
+                allow: allow.into_iter().map(String::from).collect(),
+                deny: deny.into_iter().map(String::from).collect(),
+                files,
+            });
+        }
+    }
+    (d.errors.len() == before).then_some(clients)
 }

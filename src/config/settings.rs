@@ -144,6 +144,66 @@ pub struct PolicyConfig {
     pub deny: Vec<String>,
     /// JSON documents `{"allow": [...], "deny": [...]}` whose rules are added.
     pub files: Vec<PathBuf>,
+    /// With `[[clients]]`: serve requests without client credentials under these rules
+    /// (otherwise they get 401).
+    pub anonymous: bool,
+}
+
+/// `[[clients]]`: an app with a local key of its own and a policy of its own.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`: the Basic username the app presents, a metric label.
+    pub id: String,
+    /// The local secret, as SHA-256 hashes (1–4, so a rotation overlaps) or a source to read
+    /// and hash when the state is built.
+    pub secret: ClientSecret,
+    /// The accounts this client may use; `None`: all.
+    pub accounts: Option<Vec<String>>,
+    /// Overrides `policy.mode` for this client.
+    pub mode: Option<Mode>,
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+    pub files: Vec<PathBuf>,
+}
+
+/// How a client's local secret is given.
+#[derive(Debug, Clone)]
+pub enum ClientSecret {
+    /// `secret_sha256`: the hashes only, so the config file holds nothing that authenticates.
+    Hashes(Vec<[u8; 32]>),
+    /// `secret`: the secret itself, read from its source and hashed on load.
+    Source(SecretSource),
+}
+
+/// At most this many hashes per client: enough to overlap a rotation, few enough to check
+/// them all on every request.
+pub const MAX_CLIENT_HASHES: usize = 4;
+
+/// True for a client id: `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`, and not shaped like a Twilio SID
+/// (two letters and 32 hex digits), which is what an SDK given Twilio credentials sends.
+pub fn is_client_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    let sid_shaped = b.len() == 34
+        && b[..2].iter().all(u8::is_ascii_alphabetic)
+        && b[2..].iter().all(u8::is_ascii_hexdigit);
+    !b.is_empty()
+        && b.len() <= 64
+        && !sid_shaped
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+/// 64 hex digits → 32 bytes.
+pub fn parse_sha256_hex(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// `enforce` refuses denied requests; `audit` forwards them and counts them.

@@ -136,13 +136,18 @@ pub fn publish_state_metrics(
 ) {
     let (proxy, reload) = (&metrics.proxy, &metrics.reload);
     reload.state_generation.set(state.generation as i64);
+    // Every rule of [policy] and of each client's policy (a text in several, once).
     let labels = |s: &State| -> Vec<(&'static str, String)> {
-        s.gate
-            .policy
-            .rules()
-            .iter()
-            .map(|r| (r.effect.as_str(), r.text.to_string()))
-            .collect()
+        let mut out: Vec<(&'static str, String)> = Vec::new();
+        let policies =
+            std::iter::once(&s.gate.policy).chain(s.gate.clients.iter().map(|c| &c.policy));
+        for rule in policies.flat_map(|p| p.rules()) {
+            let label = (rule.effect.as_str(), rule.text.to_string());
+            if !out.contains(&label) {
+                out.push(label);
+            }
+        }
+        out
     };
     let current = labels(state);
     if let Some(previous) = previous {

@@ -16,6 +16,7 @@ use serde_json::json;
 use crate::config::reader::Diagnostic;
 use crate::config::{Config, ConfigError};
 use crate::credentials::{Account, Credential, LoadContext};
+use crate::gate::clients::ClientKeys;
 use crate::gate::Gate;
 use crate::metrics::{OAuthMetrics, UpstreamMetrics};
 use crate::upstream::Upstream;
@@ -25,6 +26,8 @@ use crate::upstream::Upstream;
 pub struct State {
     pub generation: u64,
     pub gate: Gate,
+    /// `[[clients]]`' local keys, as hashes, in the gate's client order.
+    pub client_keys: ClientKeys,
     /// In config order, the same order as the gate's account indexes.
     pub accounts: Vec<Account>,
     pub upstream: Arc<Upstream>,
@@ -52,6 +55,9 @@ impl State {
         let mut problems = Vec::new();
 
         let gate = Gate::build(&config).map_err(|e| problems.extend(e)).ok();
+        let client_keys = ClientKeys::load(&config.clients)
+            .map_err(|e| problems.extend(e))
+            .ok();
 
         let mut upstream_unchanged = false;
         let upstream = match previous.map(|p| &p.upstream) {
@@ -107,12 +113,13 @@ impl State {
             }
         }
 
-        match (gate, upstream) {
-            (Some(gate), Some(upstream)) if problems.is_empty() => {
+        match (gate, upstream, client_keys) {
+            (Some(gate), Some(upstream), Some(client_keys)) if problems.is_empty() => {
                 warnings.extend(gate.lint());
                 Ok(State {
                     generation: previous.map_or(1, |p| p.generation + 1),
                     gate,
+                    client_keys,
                     accounts,
                     upstream,
                     config,
@@ -197,7 +204,24 @@ impl State {
                 "mode": self.gate.policy.mode(),
                 "rules": rules,
                 "files": c.policy.files,
+                "anonymous": self.gate.anonymous,
             },
+            // Ids, rule counts and accounts: never a secret or a hash.
+            "clients": self.gate.clients.iter().zip(&c.clients).map(|(client, cfg)| json!({
+                "id": client.id,
+                "mode": client.policy.mode(),
+                "allow_rules": client.policy.rules().iter().filter(|r| r.effect.as_str() == "allow").count(),
+                "deny_rules": client.policy.rules().iter().filter(|r| r.effect.as_str() == "deny").count(),
+                "accounts": cfg.accounts.as_ref().map_or_else(
+                    || json!("all"),
+                    |a| json!(a),
+                ),
+                "files": cfg.files,
+                "secret": match &cfg.secret {
+                    crate::config::ClientSecret::Hashes(h) => json!({ "sha256": h.len() }),
+                    crate::config::ClientSecret::Source(source) => source.redacted(),
+                },
+            })).collect::<Vec<_>>(),
             "warnings": self.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
         })
     }

@@ -3,6 +3,7 @@
 //! `twilio-sidecar check` run exactly the same code.
 
 pub mod catalogue;
+pub mod clients;
 pub mod policy;
 mod refusal;
 pub mod request_path;
@@ -14,6 +15,8 @@ use http::request::Parts;
 
 use crate::config::reader::Diagnostic;
 use crate::config::Config;
+use crate::config::Mode;
+use crate::gate::clients::{Caller, ClientPolicy};
 use crate::gate::policy::{Decision, Policy, Verdict};
 use crate::gate::request_path::CanonicalPath;
 use crate::gate::route::{HostId, Hosts, Route, RouteSource, Router};
@@ -29,6 +32,11 @@ pub struct Gate {
     default_account: usize,
     /// Where each rule came from (`policy.allow[2]`, a policy file…), in `policy.rules()` order.
     origins: Vec<String>,
+    /// `[[clients]]`, in config order: each with a policy of its own.
+    pub clients: Vec<ClientPolicy>,
+    /// Whether a request without client credentials is served (under `policy`): always
+    /// without clients, with them only when `policy.anonymous` says so.
+    pub anonymous: bool,
 }
 
 /// A request that passed phases 1–4.
@@ -83,76 +91,48 @@ impl Gate {
             }]);
         };
 
-        // Rules with their origin (config key or file), allow rules first as the policy wants.
-        let mut allow: Vec<(String, String)> = Vec::new();
-        let mut deny: Vec<(String, String)> = Vec::new();
-        for (list, key, out) in [
-            (&config.policy.allow, "policy.allow", &mut allow),
-            (&config.policy.deny, "policy.deny", &mut deny),
-        ] {
-            out.extend(
-                list.iter()
-                    .enumerate()
-                    .map(|(i, r)| (format!("{key}[{i}]"), r.clone())),
-            );
-        }
-        for (i, path) in config.policy.files.iter().enumerate() {
-            match read_policy_document(path) {
-                Ok(doc) => {
-                    let origin = |name: &str, j: usize| {
-                        format!("policy.files[{i}] ({}): {name}[{j}]", path.display())
-                    };
-                    allow.extend(
-                        doc.allow
-                            .into_iter()
-                            .enumerate()
-                            .map(|(j, r)| (origin("allow", j), r)),
-                    );
-                    deny.extend(
-                        doc.deny
-                            .into_iter()
-                            .enumerate()
-                            .map(|(j, r)| (origin("deny", j), r)),
-                    );
-                }
-                Err(message) => problems.push(Diagnostic {
-                    key: format!("policy.files[{i}]"),
-                    message,
-                }),
-            }
-        }
-
         let sids: Vec<Box<str>> = config
             .accounts
             .iter()
             .map(|a| a.sid.as_str().into())
             .collect();
-        let policy = Policy::compile(
-            config.policy.mode,
-            allow.iter().map(|(_, r)| r.as_str()),
-            deny.iter().map(|(_, r)| r.as_str()),
-            &hosts,
-            sids.iter().map(|s| &**s),
+        let global = gather_rules(
+            "policy",
+            &config.policy.allow,
+            &config.policy.deny,
+            &config.policy.files,
+            &mut problems,
         );
-        let policy = match policy {
-            Ok(p) => Some(p),
-            Err(errors) => {
-                for (position, e) in errors {
-                    let origin = allow
-                        .iter()
-                        .chain(deny.iter())
-                        .nth(position)
-                        .map_or_else(|| "policy".to_string(), |(k, _)| k.clone());
-                    problems.push(Diagnostic {
-                        key: origin,
-                        message: e.to_string(),
-                    });
-                }
-                None
+        let policy = compile(config.policy.mode, &global, &hosts, &sids, &mut problems);
+        // A client's policy: its own allow rules; its own deny rules and, as the
+        // organisation-wide guard rail, [policy]'s.
+        let mut clients = Vec::with_capacity(config.clients.len());
+        for (i, client) in config.clients.iter().enumerate() {
+            let mut rules = gather_rules(
+                &format!("clients[{i}]"),
+                &client.allow,
+                &client.deny,
+                &client.files,
+                &mut problems,
+            );
+            rules.deny.extend(global.deny.iter().cloned());
+            let mode = client.mode.unwrap_or(config.policy.mode);
+            let accounts = client.accounts.as_ref().map(|list| {
+                list.iter()
+                    .filter_map(|sid| sids.iter().position(|s| **s == **sid))
+                    .collect()
+            });
+            if let Some((policy, origins)) = compile(mode, &rules, &hosts, &sids, &mut problems) {
+                clients.push(ClientPolicy {
+                    id: client.id.as_str().into(),
+                    policy,
+                    accounts,
+                    origins,
+                });
             }
-        };
+        }
         match policy {
-            Some(policy) if problems.is_empty() => Ok(Gate {
+            Some((policy, origins)) if problems.is_empty() => Ok(Gate {
                 router: Router {
                     hosts,
                     default_host,
@@ -160,19 +140,28 @@ impl Gate {
                 policy,
                 default_account: config.accounts.iter().position(|a| a.default).unwrap_or(0),
                 sids,
-                origins: allow
-                    .into_iter()
-                    .chain(deny)
-                    .map(|(origin, _)| origin)
-                    .collect(),
+                origins,
+                clients,
+                anonymous: config.clients.is_empty() || config.policy.anonymous,
             }),
             _ => Err(problems),
         }
     }
 
-    /// Phases 1–4 for one request. `trace` is filled in as phases complete, so it tells how far
-    /// a refused request got.
+    /// Phases 1–4 for a request without client credentials, under `[policy]`.
     pub fn admit<'r>(&self, parts: &'r Parts, trace: &mut Trace) -> Result<Admission<'r>, Refusal> {
+        self.admit_as(parts, Caller::Anonymous, trace)
+    }
+
+    /// Phases 1–4 for one request from `caller`: under that client's policy and accounts, or
+    /// `[policy]` for an anonymous one. `trace` is filled in as phases complete, so it tells
+    /// how far a refused request got.
+    pub fn admit_as<'r>(
+        &self,
+        parts: &'r Parts,
+        caller: Caller,
+        trace: &mut Trace,
+    ) -> Result<Admission<'r>, Refusal> {
         // Phase 1: route.
         let route = self.router.route(parts)?;
         trace.host = Some(route.host);
@@ -184,21 +173,24 @@ impl Gate {
             .map_err(|e| Refusal::NonCanonicalPath(e.to_string()))?;
         let segments = path.segment_array();
 
-        // Phase 3: policy.
-        let decision = self
-            .policy
-            .decide(&parts.method, route.host, segments.as_slice());
+        // Phase 3: policy — the client's, or [policy].
+        let client = match caller {
+            Caller::Client(i) => Some(&self.clients[i]),
+            Caller::Anonymous => None,
+        };
+        let policy = client.map_or(&self.policy, |c| &c.policy);
+        let decision = policy.decide(&parts.method, route.host, segments.as_slice());
         trace.decision = Some(decision);
         if !decision.forward {
             return Err(Refusal::Denied {
                 method: parts.method.clone(),
                 host: self.router.hosts.name(route.host).to_string(),
                 path: route.path.to_string(),
-                reason: self.policy.denial_reason(decision.verdict),
+                reason: policy.denial_reason(decision.verdict),
             });
         }
 
-        // Phase 4: account.
+        // Phase 4: account — configured, and one the client may use.
         let account = match account_in_path(segments.as_slice()) {
             Some(sid) => self
                 .sids
@@ -207,6 +199,12 @@ impl Gate {
                 .ok_or_else(|| Refusal::UnknownAccount(sid.to_string()))?,
             None => self.default_account,
         };
+        if let Some(client) = client.filter(|c| !c.may_use(account)) {
+            return Err(Refusal::AccountNotAllowed {
+                client: client.id.to_string(),
+                account: self.sids[account].to_string(),
+            });
+        }
         Ok(Admission {
             route,
             decision,
@@ -214,23 +212,69 @@ impl Gate {
         })
     }
 
-    /// Policy lint warnings (see [`crate::gate::policy::lint`]), keyed by where each rule came from.
+    /// The policy `caller`'s requests are decided under.
+    pub fn policy_for(&self, caller: Caller) -> &Policy {
+        match caller {
+            Caller::Client(i) => &self.clients[i].policy,
+            Caller::Anonymous => &self.policy,
+        }
+    }
+
+    /// The client with this id.
+    pub fn client(&self, id: &str) -> Option<Caller> {
+        self.clients
+            .iter()
+            .position(|c| *c.id == *id)
+            .map(Caller::Client)
+    }
+
+    /// The `client` label of `caller`: its id, or `anonymous`.
+    pub fn client_label(&self, caller: Caller) -> &str {
+        match caller {
+            Caller::Client(i) => &self.clients[i].id,
+            Caller::Anonymous => "anonymous",
+        }
+    }
+
+    /// Policy lint warnings (see [`crate::gate::policy::lint`]) for `[policy]` and every
+    /// client's policy, keyed by where each rule came from.
     pub fn lint(&self) -> Vec<Diagnostic> {
-        crate::gate::policy::lint::lint(&self.policy, &self.router.hosts)
-            .into_iter()
-            .map(|f| Diagnostic {
-                key: f
-                    .rule
-                    .and_then(|i| self.origins.get(i).cloned())
-                    .unwrap_or_else(|| "policy".to_string()),
-                message: f.message,
-            })
-            .collect()
+        let sets = std::iter::once((&self.policy, &self.origins, "policy")).chain(
+            self.clients
+                .iter()
+                .map(|c| (&c.policy, &c.origins, "clients")),
+        );
+        let mut out: Vec<Diagnostic> = Vec::new();
+        for (policy, origins, fallback) in sets {
+            for f in crate::gate::policy::lint::lint(policy, &self.router.hosts) {
+                let d = Diagnostic {
+                    key: f
+                        .rule
+                        .and_then(|i| origins.get(i).cloned())
+                        .unwrap_or_else(|| fallback.to_string()),
+                    message: f.message,
+                };
+                // [policy].deny rules recur in every client's policy: said once.
+                if !out.contains(&d) {
+                    out.push(d);
+                }
+            }
+        }
+        out
     }
 
     /// Where rule `index` (in `policy.rules()` order) came from.
     pub fn rule_origin(&self, index: usize) -> &str {
         self.origins.get(index).map_or("policy", String::as_str)
+    }
+
+    /// Where rule `index` of `caller`'s policy came from.
+    pub fn rule_origin_for(&self, caller: Caller, index: usize) -> &str {
+        let origins = match caller {
+            Caller::Client(i) => &self.clients[i].origins,
+            Caller::Anonymous => &self.origins,
+        };
+        origins.get(index).map_or("policy", String::as_str)
     }
 
     /// The SID of account `index`.
@@ -252,6 +296,95 @@ impl Gate {
     /// True when a denial here is only audited.
     pub fn is_audit_only(decision: &Decision) -> bool {
         decision.forward && !matches!(decision.verdict, Verdict::Allow { .. })
+    }
+}
+
+/// Rules with where each came from (config key or policy file), allow and deny apart.
+struct Gathered {
+    allow: Vec<(String, String)>,
+    deny: Vec<(String, String)>,
+}
+
+/// The rules of `key` (`policy`, `clients[0]`): its `allow` and `deny` lists, then its
+/// policy documents' (a document that cannot be read is a problem).
+fn gather_rules(
+    key: &str,
+    allow: &[String],
+    deny: &[String],
+    files: &[std::path::PathBuf],
+    problems: &mut Vec<Diagnostic>,
+) -> Gathered {
+    let mut out = Gathered {
+        allow: Vec::new(),
+        deny: Vec::new(),
+    };
+    for (list, name, into) in [
+        (allow, "allow", &mut out.allow),
+        (deny, "deny", &mut out.deny),
+    ] {
+        into.extend(
+            list.iter()
+                .enumerate()
+                .map(|(i, r)| (format!("{key}.{name}[{i}]"), r.clone())),
+        );
+    }
+    for (i, path) in files.iter().enumerate() {
+        match read_policy_document(path) {
+            Ok(doc) => {
+                let origin = |name: &str, j: usize| {
+                    format!("{key}.files[{i}] ({}): {name}[{j}]", path.display())
+                };
+                out.allow.extend(
+                    doc.allow
+                        .into_iter()
+                        .enumerate()
+                        .map(|(j, r)| (origin("allow", j), r)),
+                );
+                out.deny.extend(
+                    doc.deny
+                        .into_iter()
+                        .enumerate()
+                        .map(|(j, r)| (origin("deny", j), r)),
+                );
+            }
+            Err(message) => problems.push(Diagnostic {
+                key: format!("{key}.files[{i}]"),
+                message,
+            }),
+        }
+    }
+    out
+}
+
+/// Compiles gathered rules (allow rules first, as the policy wants); a bad rule is a problem
+/// named by its origin. Returns the policy and each rule's origin, in rule order.
+fn compile(
+    mode: Mode,
+    rules: &Gathered,
+    hosts: &Hosts,
+    sids: &[Box<str>],
+    problems: &mut Vec<Diagnostic>,
+) -> Option<(Policy, Vec<String>)> {
+    let ordered: Vec<&(String, String)> = rules.allow.iter().chain(rules.deny.iter()).collect();
+    match Policy::compile(
+        mode,
+        rules.allow.iter().map(|(_, r)| r.as_str()),
+        rules.deny.iter().map(|(_, r)| r.as_str()),
+        hosts,
+        sids.iter().map(|s| &**s),
+    ) {
+        Ok(policy) => Some((policy, ordered.iter().map(|(k, _)| k.clone()).collect())),
+        Err(errors) => {
+            for (position, e) in errors {
+                problems.push(Diagnostic {
+                    key: ordered
+                        .get(position)
+                        .map_or_else(|| "policy".to_string(), |(k, _)| k.clone()),
+                    message: e.to_string(),
+                });
+            }
+            None
+        }
     }
 }
 

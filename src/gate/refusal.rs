@@ -4,6 +4,23 @@
 
 use http::{Method, StatusCode};
 
+use super::clients::AuthFailure;
+
+/// One message for every failed authentication but a missing one: an unknown id and a wrong
+/// secret must look the same.
+fn unauthenticated_message(failure: AuthFailure) -> &'static str {
+    match failure {
+        AuthFailure::Missing => {
+            "twilio-sidecar requires client credentials: send your client id and local secret as \
+             Basic credentials (the Twilio SDK's username and password)"
+        }
+        _ => {
+            "twilio-sidecar did not accept these client credentials: the client id or its local \
+             secret is not valid"
+        }
+    }
+}
+
 /// A request the admission phases refuse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -27,6 +44,15 @@ pub enum Refusal {
     /// `/2010-04-01/Accounts/{sid}` with a SID the sidecar holds no credential for.
     #[error("account {0} is not configured in twilio-sidecar, so it holds no credential for it")]
     UnknownAccount(String),
+    /// With `[[clients]]`: no valid client credentials (and anonymous requests not served).
+    /// The message is the same for an unknown id and a wrong secret.
+    #[error("{}", unauthenticated_message(*.0))]
+    Unauthenticated(AuthFailure),
+    /// The client's `accounts` do not include the account the request uses.
+    #[error(
+        "client {client:?} may not use account {account} (its accounts setting in twilio-sidecar)"
+    )]
+    AccountNotAllowed { client: String, account: String },
     /// A method outside GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS.
     #[error("method {0:?} is not forwarded by twilio-sidecar; use GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS")]
     MethodNotAllowed(String),
@@ -36,9 +62,11 @@ impl Refusal {
     /// The HTTP status of the answer.
     pub fn status(&self) -> StatusCode {
         match self {
-            Refusal::Denied { .. } | Refusal::HostNotAllowed(_) | Refusal::UnknownAccount(_) => {
-                StatusCode::FORBIDDEN
-            }
+            Refusal::Denied { .. }
+            | Refusal::HostNotAllowed(_)
+            | Refusal::UnknownAccount(_)
+            | Refusal::AccountNotAllowed { .. } => StatusCode::FORBIDDEN,
+            Refusal::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Refusal::NonCanonicalPath(_) | Refusal::BadTarget(_) => StatusCode::BAD_REQUEST,
             Refusal::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -48,7 +76,10 @@ impl Refusal {
     /// lacks; 794xx are the sidecar's.
     pub fn code(&self) -> u32 {
         match self {
-            Refusal::Denied { .. } => 70051,
+            Refusal::Denied { .. } | Refusal::AccountNotAllowed { .. } => 70051,
+            // Twilio's own code for credentials it does not accept, so SDKs raise their usual
+            // authentication error.
+            Refusal::Unauthenticated(_) => 20003,
             Refusal::NonCanonicalPath(_) => 79400,
             Refusal::BadTarget(_) => 79401,
             Refusal::HostNotAllowed(_) => 79403,

@@ -105,6 +105,7 @@ mod tests {
             host: "api.twilio.com",
             method: "GET",
             status,
+            client: "anonymous",
         }
     }
 
@@ -120,13 +121,13 @@ mod tests {
         let requests = &m.proxy.requests;
         assert_eq!(
             requests
-                .with_label_values(&["allow", "r1", "api.twilio.com", "GET", "200"])
+                .with_label_values(&["allow", "r1", "api.twilio.com", "GET", "200", "anonymous"])
                 .get(),
             3
         );
         assert_eq!(
             requests
-                .with_label_values(&["allow", "r1", "api.twilio.com", "GET", "404"])
+                .with_label_values(&["allow", "r1", "api.twilio.com", "GET", "404", "anonymous"])
                 .get(),
             1
         );
@@ -169,7 +170,7 @@ mod tests {
         other.proxy.request(&labels("200"), 0.001);
         assert_eq!(
             requests
-                .with_label_values(&["allow", "r1", "api.twilio.com", "GET", "200"])
+                .with_label_values(&["allow", "r1", "api.twilio.com", "GET", "200", "anonymous"])
                 .get(),
             3
         );
@@ -177,7 +178,7 @@ mod tests {
             other
                 .proxy
                 .requests
-                .with_label_values(&["allow", "r1", "api.twilio.com", "GET", "200"])
+                .with_label_values(&["allow", "r1", "api.twilio.com", "GET", "200", "anonymous"])
                 .get(),
             1
         );

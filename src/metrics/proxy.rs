@@ -21,16 +21,20 @@ pub struct RequestLabels<'a> {
     /// A forwarded method's name, or `OTHER`.
     pub method: &'a str,
     pub status: &'a str,
+    /// A configured client's id, `anonymous`, or `-` when authentication failed (an id that
+    /// is not configured is never a label value).
+    pub client: &'a str,
 }
 
 impl<'a> RequestLabels<'a> {
-    fn values(&self) -> [&'a str; 5] {
+    fn values(&self) -> [&'a str; 6] {
         [
             self.decision,
             self.rule,
             self.host,
             self.method,
             self.status,
+            self.client,
         ]
     }
 }
@@ -56,6 +60,8 @@ pub struct ProxyMetrics {
     pub no_credential: IntCounterVec,
     /// Requests replayed after Twilio rejected a bearer token with 401, by account and result.
     pub oauth_replays: IntCounterVec,
+    /// Requests refused (401) because client authentication failed, by reason.
+    pub client_auth_failures: IntCounterVec,
 }
 
 impl ProxyMetrics {
@@ -66,9 +72,9 @@ impl ProxyMetrics {
             requests: IntCounterVec::new(
                 Opts::new(
                     "requests_total",
-                    "Requests by policy decision, rule, Twilio host, method and response status.",
+                    "Requests by policy decision, rule, Twilio host, method, response status and client.",
                 ),
-                &["decision", "rule", "host", "method", "status"],
+                &["decision", "rule", "host", "method", "status", "client"],
             )?,
             request_duration: HistogramVec::new(
                 HistogramOpts::new(
@@ -104,6 +110,13 @@ impl ProxyMetrics {
                 ),
                 &["account", "result"],
             )?,
+            client_auth_failures: IntCounterVec::new(
+                Opts::new(
+                    "client_auth_failures_total",
+                    "Requests refused with 401 because client authentication failed, by reason (missing, malformed, unknown_client, wrong_secret).",
+                ),
+                &["reason"],
+            )?,
         })
     }
 
@@ -115,6 +128,7 @@ impl ProxyMetrics {
         registry.register(Box::new(self.load_shed.clone()))?;
         registry.register(Box::new(self.no_credential.clone()))?;
         registry.register(Box::new(self.oauth_replays.clone()))?;
+        registry.register(Box::new(self.client_auth_failures.clone()))?;
         Ok(())
     }
 

@@ -88,6 +88,13 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if status == StatusCode::UNAUTHORIZED {
+            // Client credentials are asked for as a server asks for Basic credentials.
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"twilio-sidecar\""),
+            );
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             // Transient by nature: tell clients (and SDK retry logic) when to come back.
             response

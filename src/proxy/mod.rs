@@ -55,6 +55,8 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// What one request did, for metrics and the access log. Borrows from the state snapshot.
 struct Record<'s> {
     decision: &'static str,
+    /// The client's id, `anonymous`, or `-` before (or when) it is known.
+    client: &'s str,
     rule: &'s str,
     host: &'s str,
     account: &'s str,
@@ -69,6 +71,7 @@ impl Default for Record<'_> {
     fn default() -> Self {
         Record {
             decision: "refused",
+            client: "-",
             rule: "-",
             host: "-",
             account: "-",
@@ -191,6 +194,7 @@ impl Proxy {
                 host: record.host,
                 method: method_label(method),
                 status: status.as_str(),
+                client: record.client,
             },
             elapsed.as_secs_f64(),
         );
@@ -201,6 +205,7 @@ impl Proxy {
             method = %method,
             host = record.host,
             path,
+            client = record.client,
             rule = record.rule,
             decision = record.decision,
             account = record.account,

@@ -17,6 +17,7 @@ use super::paging::{rewrite_links, LinkBase, MAX_REWRITE_BODY};
 use super::{Proxy, Record};
 use crate::control::state::State;
 use crate::credentials::{Account, Attached};
+use crate::gate::clients::{AuthFailure, Caller};
 use crate::gate::policy::Verdict;
 use crate::gate::route::{HostId, Hosts, RouteSource};
 use crate::gate::{Admission, Gate, Refusal, Trace};
@@ -56,8 +57,9 @@ impl Proxy {
         record: &mut Record<'s>,
     ) -> Result<Response<Body>, ProxyError> {
         let (mut parts, body) = req.into_parts();
+        let caller = self.identify(state, &parts, record)?;
         // Phases 1–4 read the request only: the same code `check` runs.
-        let target = self.admit(state, &parts, record)?;
+        let target = self.admit(state, &parts, caller, record)?;
         let account = &state.accounts[record.account_index];
         // A stated body length over the limit is refused before anything else happens.
         let max = state.config.limits.max_request_body;
@@ -98,26 +100,64 @@ impl Proxy {
         }
     }
 
+    /// Phase 0 — **client**: with `[[clients]]`, who is asking, from the Basic credentials in
+    /// `Authorization` or `Proxy-Authorization` (both are stripped later, as always). Changes
+    /// nothing. Short-circuits with 401 (code 20003, counted by reason) when they are missing
+    /// (and anonymous requests are not served), malformed, or not valid — an unknown id and a
+    /// wrong secret answered alike.
+    fn identify<'s>(
+        &self,
+        state: &'s State,
+        parts: &Parts,
+        record: &mut Record<'s>,
+    ) -> Result<Caller, Refusal> {
+        if !state.client_keys.any() {
+            record.client = "anonymous";
+            return Ok(Caller::Anonymous);
+        }
+        let caller = match state.client_keys.authenticate(&parts.headers) {
+            Ok(Caller::Anonymous) if !state.gate.anonymous => Err(AuthFailure::Missing),
+            other => other,
+        };
+        match caller {
+            Ok(caller) => {
+                record.client = state.gate.client_label(caller);
+                Ok(caller)
+            }
+            Err(failure) => {
+                self.metrics
+                    .proxy
+                    .client_auth_failures
+                    .with_label_values(&[failure.as_str()])
+                    .inc();
+                Err(Refusal::Unauthenticated(failure))
+            }
+        }
+    }
+
     /// Phases 1–4 — **route**, **canonical path**, **policy**, **account** — as the gate
-    /// decides them ([`Gate::admit`]). Changes nothing; records how far the request got.
+    /// decides them for `caller` ([`Gate::admit_as`]). Changes nothing; records how far the
+    /// request got.
     /// Short-circuits with the gate's refusal (400/403/405), or 403 (70051) on a denial in
     /// enforce mode; an audit-mode denial is logged and goes on.
     fn admit<'s>(
         &self,
         state: &'s State,
         parts: &Parts,
+        caller: Caller,
         record: &mut Record<'s>,
     ) -> Result<Target, Refusal> {
         let mut trace = Trace::default();
-        let admitted = state.gate.admit(parts, &mut trace);
+        let admitted = state.gate.admit_as(parts, caller, &mut trace);
         let hosts = &state.gate.router.hosts;
         record.host = trace.host.map_or("-", |h| hosts.name(h));
         record.path_offset = trace.path_offset;
         record.decision = Gate::outcome_label(&admitted, &trace);
         if let Some(decision) = trace.decision {
-            record.rule = state.gate.policy.rule_label(decision.verdict);
+            let policy = state.gate.policy_for(caller);
+            record.rule = policy.rule_label(decision.verdict);
             if let Verdict::Allow { rule } | Verdict::Deny { rule } = decision.verdict {
-                let effect = state.gate.policy.rules()[rule as usize].effect.as_str();
+                let effect = policy.rules()[rule as usize].effect.as_str();
                 self.metrics.proxy.rule_hit(effect, record.rule);
             }
         }
