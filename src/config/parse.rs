@@ -18,24 +18,12 @@ pub(super) fn read_config(table: &toml::Table, base: &Path, d: &mut Diagnostics)
     let upstream = read_upstream(&mut root, d, base);
     let accounts = read_accounts(&mut root, d, base);
     let policy = read_policy(&mut root, d, base);
-    let clients = read_clients(&mut root, d, base);
+    let clients = read_clients(&mut root, d, base, accounts.as_deref());
     let oauth = read_oauth(&mut root, d);
     let reload = read_reload(&mut root, d);
     let limits = read_limits(&mut root, d);
     root.finish(d);
 
-    if let (Some(accounts), Some(clients)) = (&accounts, &clients) {
-        for (i, client) in clients.iter().enumerate() {
-            for (j, sid) in client.accounts.iter().flatten().enumerate() {
-                if !accounts.iter().any(|a| a.sid == *sid) {
-                    d.error(
-                        format!("clients[{i}].accounts[{j}]"),
-                        format!("account {sid} is not configured in [[accounts]]"),
-                    );
-                }
-            }
-        }
-    }
     let (listen, admin) = (listen?, admin?);
     if listen == admin && listen.port() != 0 {
         d.error("admin.address", "must differ from listen.address");
@@ -547,6 +535,7 @@ fn read_clients(
     root: &mut Section<'_>,
     d: &mut Diagnostics,
     base: &Path,
+    configured: Option<&[AccountConfig]>,
 ) -> Option<Vec<ClientConfig>> {
     let Some(sections) = root.tables(d, "clients") else {
         return if root.get("clients").is_some() {
@@ -620,10 +609,16 @@ fn read_clients(
         };
         let accounts = s.strings(d, "accounts").map(|list| {
             for (i, sid) in list.iter().enumerate() {
+                let key = format!("{}[{i}]", s.key("accounts"));
                 if !is_sid(sid, "AC") {
                     d.error(
-                        format!("{}[{i}]", s.key("accounts")),
+                        key,
                         format!("{sid:?} is not an account SID (AC followed by 32 hex digits)"),
+                    );
+                } else if configured.is_some_and(|c| !c.iter().any(|a| a.sid == *sid)) {
+                    d.error(
+                        key,
+                        format!("account {sid} is not configured in [[accounts]]"),
                     );
                 }
             }

@@ -17,7 +17,7 @@
 use base64::Engine;
 use http::{header, HeaderMap, HeaderValue};
 use ring::digest::{digest, SHA256};
-use subtle::{ConditionallySelectable, ConstantTimeEq};
+use subtle::ConditionallySelectable;
 
 use crate::config::reader::Diagnostic;
 use crate::config::{ClientConfig, ClientSecret};
@@ -82,14 +82,35 @@ const SLOTS: usize = crate::config::MAX_CLIENT_HASHES;
 /// Client ids are at most this long.
 const MAX_ID: usize = 64;
 
-/// One client's key material: its id and the hashes of its secrets.
+/// One client's key material, as machine words so that comparing it costs a few dozen
+/// instructions: its id (zero-padded) and length, and the hashes of its secrets.
 struct Key {
-    id: [u8; MAX_ID],
-    id_len: u8,
-    /// Unused slots hold a hash no secret has (of a fixed, impossible preimage marker) and
-    /// never match, because `used` masks them.
-    hashes: [[u8; 32]; SLOTS],
-    used: [bool; SLOTS],
+    id: [u64; MAX_ID / 8],
+    id_len: u64,
+    hashes: [[u64; 4]; SLOTS],
+    /// All ones for a slot in use, zero for an empty one (which then never matches).
+    used: [u64; SLOTS],
+}
+
+/// `bytes` (at most `8 * N`), zero-padded, as words.
+fn words<const N: usize>(bytes: &[u8]) -> [u64; N] {
+    let mut out = [0u64; N];
+    for (i, chunk) in bytes.chunks(8).take(N).enumerate() {
+        let mut w = [0u8; 8];
+        w[..chunk.len()].copy_from_slice(chunk);
+        out[i] = u64::from_le_bytes(w);
+    }
+    out
+}
+
+/// The OR of the XORs of two word arrays: zero exactly when they are equal. No early exit.
+fn difference<const N: usize>(a: &[u64; N], b: &[u64; N]) -> u64 {
+    a.iter().zip(b).fold(0, |acc, (x, y)| acc | (x ^ y))
+}
+
+/// 1 when `d` is zero, else 0, without a branch.
+fn is_zero(d: u64) -> u64 {
+    1 ^ ((d | d.wrapping_neg()) >> 63)
 }
 
 /// Every client's key, built with the state (a `secret = { file }` is read then, and only its
@@ -145,15 +166,14 @@ impl ClientKeys {
                 },
             };
             let mut key = Key {
-                id: [0; MAX_ID],
-                id_len: client.id.len() as u8,
-                hashes: [[0; 32]; SLOTS],
-                used: [false; SLOTS],
+                id: words(client.id.as_bytes()),
+                id_len: client.id.len() as u64,
+                hashes: [[0; 4]; SLOTS],
+                used: [0; SLOTS],
             };
-            key.id[..client.id.len()].copy_from_slice(client.id.as_bytes());
             for (slot, hash) in hashes.iter().take(SLOTS).enumerate() {
-                key.hashes[slot] = *hash;
-                key.used[slot] = true;
+                key.hashes[slot] = words(hash);
+                key.used[slot] = u64::MAX;
             }
             keys.push(key);
         }
@@ -217,30 +237,29 @@ impl ClientKeys {
     }
 
     /// Compares against every key, whatever matches, in time that depends only on how many
-    /// keys there are.
+    /// keys there are: no comparison exits early, and which key matched is selected without a
+    /// branch.
     fn find(&self, user: &[u8], secret: &[u8]) -> Result<ClientIndex, AuthFailure> {
-        let hash = secret_hash(secret);
-        let mut id = [0u8; MAX_ID];
-        id[..user.len()].copy_from_slice(user);
-        let id_len = user.len() as u8;
-        let mut found_id = subtle::Choice::from(0);
-        let mut found_both = subtle::Choice::from(0);
+        let hash: [u64; 4] = words(&secret_hash(secret));
+        let id: [u64; MAX_ID / 8] = words(user);
+        let id_len = user.len() as u64;
+        let (mut found_id, mut found_both) = (0u64, 0u64);
         let mut index = 0u32;
         for (i, key) in self.keys.iter().enumerate() {
-            let same_id = key.id.ct_eq(&id) & key.id_len.ct_eq(&id_len);
-            let mut same_secret = subtle::Choice::from(0);
+            let same_id = is_zero(difference(&key.id, &id) | (key.id_len ^ id_len));
+            let mut same_secret = 0u64;
             for slot in 0..SLOTS {
-                same_secret |=
-                    key.hashes[slot].ct_eq(&hash) & subtle::Choice::from(u8::from(key.used[slot]));
+                same_secret |= is_zero(difference(&key.hashes[slot], &hash)) & key.used[slot];
             }
-            let both = same_id & same_secret;
-            index.conditional_assign(&(i as u32), both);
+            // Opaque to the optimiser, so it cannot turn the selection into a branch.
+            let both = std::hint::black_box(same_id & same_secret);
+            index.conditional_assign(&(i as u32), subtle::Choice::from(both as u8));
             found_id |= same_id;
             found_both |= both;
         }
-        if bool::from(found_both) {
+        if found_both == 1 {
             Ok(index as usize)
-        } else if bool::from(found_id) {
+        } else if found_id == 1 {
             Err(AuthFailure::WrongSecret)
         } else {
             Err(AuthFailure::UnknownClient)
