@@ -315,6 +315,16 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 
 /// Runs one SDK's scenario script and returns its JSON result line.
 fn run_scenarios(program: &str, script: &Path, sidecar: SocketAddr) -> serde_json::Value {
+    run_script(program, script, sidecar, &[])
+}
+
+/// Runs a script with the sidecar's address, the example account and `env`.
+fn run_script(
+    program: &str,
+    script: &Path,
+    sidecar: SocketAddr,
+    env: &[(&str, &str)],
+) -> serde_json::Value {
     let out = Command::new(program)
         .arg(script)
         .env("SIDECAR_URL", format!("http://{sidecar}"))
@@ -325,6 +335,7 @@ fn run_scenarios(program: &str, script: &Path, sidecar: SocketAddr) -> serde_jso
         .env_remove("HTTPS_PROXY")
         .env_remove("http_proxy")
         .env_remove("https_proxy")
+        .envs(env.iter().copied())
         .current_dir(root().join("tests/sdk"))
         .output()
         .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
@@ -406,4 +417,73 @@ async fn official_sdks_through_the_sidecar_against_prism() {
     let log = log.lock().unwrap();
     assert!(log.violations.is_empty(), "{:#?}", log.violations);
     drop(prism);
+}
+
+/// The official SDKs as clients of a gateway: each authenticates with its local key as the
+/// SDK's username and password, sends a message (Twilio's stand-in sees the account's API key,
+/// never the local one), and is refused another client's operation with 70051 as a normal
+/// SDK exception; a wrong secret is the SDK's usual 20003.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the SDK packages; scripts/test-all.sh installs them and runs this"]
+async fn official_sdks_authenticate_as_clients() {
+    const LOCAL: &str = "sdk-client-local-secret-0123456789abcdefghi";
+    let hash: String = twilio_sidecar::gate::clients::secret_hash(LOCAL.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let h = Harness::start_with(|ctx| {
+        standard_config(
+            ctx,
+            "",
+            &format!(
+                r#"
+[policy]
+allow = []
+[[clients]]
+id = "billing-api"
+secret_sha256 = ["{hash}"]
+allow = ["POST /2010-04-01/Accounts/{{AccountSid}}/Messages.json"]
+[[clients]]
+id = "verifier"
+secret_sha256 = ["{hash}"]
+allow = ["POST verify.twilio.com /v2/Services/*/Verifications"]
+"#
+            ),
+        )
+    })
+    .await;
+    for (program, script) in [
+        (sdk_python(), "python_clients.py"),
+        ("node".to_string(), "node_clients.js"),
+    ] {
+        let script = root().join("tests/sdk").join(script);
+        let env = [
+            ("ACCOUNT_SID", SID),
+            ("CLIENT_ID", "billing-api"),
+            ("CLIENT_SECRET", LOCAL),
+        ];
+        h.stand_in.clear();
+        let results = run_script(&program, &script, h.proxy, &env);
+        eprintln!("{program} as billing-api: {results}");
+        assert_eq!(results["message_created"], true, "{results}");
+        assert_eq!(results["verification"]["status"], 403, "{results}");
+        assert_eq!(results["verification"]["code"], 70051, "{results}");
+        let seen = h.stand_in.requests();
+        assert_eq!(seen.len(), 1, "only the message reached Twilio");
+        assert_eq!(
+            seen[0].header_values("authorization"),
+            vec![expected_authorization()]
+        );
+        assert!(!format!("{:?}", seen[0].headers).contains(LOCAL));
+
+        let env = [
+            ("ACCOUNT_SID", SID),
+            ("CLIENT_ID", "billing-api"),
+            ("CLIENT_SECRET", "not-the-local-secret"),
+        ];
+        let results = run_script(&program, &script, h.proxy, &env);
+        eprintln!("{program} with a wrong secret: {results}");
+        assert_eq!(results["message_created"]["status"], 401, "{results}");
+        assert_eq!(results["message_created"]["code"], 20003, "{results}");
+    }
 }

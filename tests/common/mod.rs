@@ -289,12 +289,12 @@ pub async fn post_reload(admin: SocketAddr) -> RawResponse {
 }
 
 /// The Python that has the official SDK: `$TS_SDK_PYTHON`, else the virtualenv
-/// `scripts/test-all.sh` makes under `target/sdk-venv`, else `python3`.
+/// `scripts/test-all.sh` makes under `target/test-venv`, else `python3`.
 pub fn sdk_python() -> String {
     if let Ok(p) = std::env::var("TS_SDK_PYTHON") {
         return p;
     }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sdk-venv/bin/python3");
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/python3");
     if venv.exists() {
         return venv.display().to_string();
     }
