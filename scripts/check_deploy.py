@@ -8,12 +8,14 @@
 - The Grafana dashboard is valid JSON with panels whose queries use only exported metrics, and
   every metric the sidecar exports for requests, denials, latency, tokens and reloads appears.
 """
+import hashlib
 import json
 import pathlib
 import re
 import subprocess
 import sys
 import tempfile
+import tomllib
 
 import yaml
 
@@ -23,6 +25,36 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 def fail(msg: str) -> None:
     print(f"check_deploy: {msg}", file=sys.stderr)
     sys.exit(1)
+
+
+def check_client_keys() -> int:
+    """Every example app key (a Secret with client_id and local_secret) matches a hash in the
+    gateway's [[clients]] table for that id, so the example works as shipped."""
+    gateway = None
+    secrets = []
+    for path in sorted((ROOT / "deploy" / "kubernetes").rglob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc:
+                continue
+            data = doc.get("data", {}) or {}
+            if doc.get("kind") == "ConfigMap" and doc["metadata"]["name"] == "twilio-gateway":
+                gateway = tomllib.loads(data["sidecar.toml"])
+            string_data = doc.get("stringData", {}) or {}
+            if doc.get("kind") == "Secret" and "local_secret" in string_data:
+                secrets.append((path, string_data))
+    if gateway is None:
+        fail("no twilio-gateway ConfigMap")
+    for path, data in secrets:
+        client = next((c for c in gateway.get("clients", []) if c["id"] == data["client_id"]), None)
+        if client is None:
+            fail(f"{path.relative_to(ROOT)}: no [[clients]] entry for {data['client_id']!r} in the gateway")
+        digest = hashlib.sha256(data["local_secret"].encode()).hexdigest()
+        if digest not in client.get("secret_sha256", []):
+            fail(f"{path.relative_to(ROOT)}: its local_secret's SHA-256 is not in the gateway's "
+                 f"clients[{data['client_id']!r}].secret_sha256")
+    if not secrets:
+        fail("no example client key (a Secret with client_id and local_secret)")
+    return len(secrets)
 
 
 def metrics_in(expr: str) -> list:
@@ -71,6 +103,7 @@ def main() -> None:
                     fail(f"{path.relative_to(ROOT)}: ServiceMonitor needs a selector and endpoints with a port")
     if configs == 0:
         fail("no embedded sidecar.toml found")
+    keys = check_client_keys()
 
     exported = set()
     for source in sorted((ROOT / "src" / "metrics").glob("*.rs")):
@@ -89,7 +122,8 @@ def main() -> None:
         for metric in metrics_in(rule["expr"]):
             if metric not in exported:
                 fail(f"{rule['alert']}: twilio_sidecar_{metric} is not a metric the sidecar exports")
-    print(f"check_deploy: {configs} embedded configs validate; {len(rules)} alert rules and "
+    print(f"check_deploy: {configs} embedded configs validate; {keys} example client key(s) match "
+          f"the gateway's hashes; {len(rules)} alert rules and "
           f"{panels} dashboard panels use only exported metrics")
 
 
