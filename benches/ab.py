@@ -10,6 +10,8 @@ benches/instructions.py (`--compare`) for changes too small to show here.
     python3 benches/ab.py OLD_BINARY NEW_BINARY [--rounds 4] [--concurrency 16,256]
     python3 benches/ab.py OLD NEW --label "what changed" --out benches/ab.json   # for RESULTS.md
     python3 benches/ab.py OLD NEW --upstream-http2   # the upstream offers h2 too
+    python3 benches/ab.py BIN BIN --new-clients 20     # the same build with 20 [[clients]]
+                                                        # and every request authenticating
 """
 import argparse
 import json
@@ -33,6 +35,8 @@ def main():
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--upstream-http2", action="store_true",
                     help="the upstream offers h2 as well as http/1.1, as in load.py --upstream-http2")
+    ap.add_argument("--new-clients", type=int, default=0,
+                    help="run NEW with this many [[clients]], every request authenticating as one")
     ap.add_argument("--label", default="", help="what differs between the builds (for --out)")
     ap.add_argument("--out", help="write the results here as JSON (benches/report.py shows benches/ab.json)")
     args = ap.parse_args()
@@ -49,16 +53,18 @@ def main():
             sub = d / name
             sub.mkdir()
             shutil.copy(d / "ca.pem", sub / "ca.pem")
-            procs[name] = load.start_sidecar(sub, args.workers, upstream.port, binary)
+            clients = args.new_clients if name == "new" else 0
+            procs[name] = load.start_sidecar(sub, args.workers, upstream.port, binary, clients=clients)
         url = {name: f"http://127.0.0.1:{p.port}{load.PATH}" for name, p in procs.items()}
+        headers = {"old": (), "new": (load.client_header(args.new_clients),) if args.new_clients else ()}
         for c in concurrencies:  # warm-up: pools filled, handshakes done
             for name in binaries:
-                load.run_wrk(url[name], c, 2, d)
+                load.run_wrk(url[name], c, 2, d, headers[name])
         for r in range(args.rounds):
             order = list(binaries) if r % 2 == 0 else list(reversed(binaries))
             for c in concurrencies:
                 for name in order:
-                    w = load.run_wrk(url[name], c, args.seconds, d)
+                    w = load.run_wrk(url[name], c, args.seconds, d, headers[name])
                     if w["non2xx"] or w["socket_errors"]:
                         raise SystemExit(f"{name} c={c}: {w['non2xx']} non-2xx, socket errors: {w['socket_errors']}")
                     runs[(name, c)].append(w)

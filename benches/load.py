@@ -23,6 +23,7 @@ and ratios against nginx and against direct.
 """
 import argparse
 import base64
+import hashlib
 import json
 import os
 import pathlib
@@ -243,10 +244,30 @@ backend twilio
     return Proc("haproxy", p, port)
 
 
-def start_sidecar(d, workers, upstream, binary, wrap=()) -> Proc:
+CLIENT_SECRET = "load-benchmark-local-secret-0123456789abcdef"
+
+
+def client_header(clients: int) -> str:
+    """The Authorization header of the last of `clients` clients (see start_sidecar)."""
+    raw = f"app-{clients - 1:02}:{CLIENT_SECRET}-{clients - 1}".encode()
+    return "Authorization: Basic " + base64.b64encode(raw).decode()
+
+
+def start_sidecar(d, workers, upstream, binary, wrap=(), clients=0) -> Proc:
+    """The sidecar doing the benchmark's job; with `clients`, that many [[clients]] (two hashes
+    each, every one allowed the job) and anonymous requests refused, so every request
+    authenticates (client_header() is the last client's)."""
     port, admin = free_port(), free_port()
     (d / "key_sid").write_text(KEY_SID)
     (d / "secret").write_text(SECRET)
+    rules = '["GET,POST /2010-04-01/Accounts/{AccountSid}/Messages.json", "GET,POST /2010-04-01/Accounts/{AccountSid}/Messages/*"]'
+    tables = "".join(
+        f"""
+[[clients]]
+id = "app-{i:02}"
+secret_sha256 = ["{hashlib.sha256(f'{CLIENT_SECRET}-{i}-old'.encode()).hexdigest()}", "{hashlib.sha256(f'{CLIENT_SECRET}-{i}'.encode()).hexdigest()}"]
+allow = {rules}
+""" for i in range(clients))
     conf = d / "sidecar.toml"
     conf.write_text(f"""
 [listen]
@@ -267,8 +288,8 @@ max_concurrent_requests = 20000
 sid = "{SID}"
 credential = {{ type = "api_key", key_sid = {{ file = "{d}/key_sid" }}, secret = {{ file = "{d}/secret" }} }}
 [policy]
-allow = ["GET,POST /2010-04-01/Accounts/{{AccountSid}}/Messages.json", "GET,POST /2010-04-01/Accounts/{{AccountSid}}/Messages/*"]
-""")
+allow = {rules}
+{tables}""")
     p = subprocess.Popen([*wrap, binary, "--log-level", "warn", "run", "--config", str(conf)],
                          stdout=subprocess.DEVNULL, stderr=open(d / "sidecar.log", "w"))
     wait_port(port, 120 if wrap else 20)
@@ -282,11 +303,12 @@ end
 """
 
 
-def run_wrk(url, conns, seconds, d) -> dict:
+def run_wrk(url, conns, seconds, d, headers=()) -> dict:
     script = d / "report.lua"
     script.write_text(LUA)
     threads = min(conns, 2)
-    out = subprocess.run(["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{seconds}s", "-s", str(script), url],
+    extra = [a for h in headers for a in ("-H", h)]
+    out = subprocess.run(["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{seconds}s", *extra, "-s", str(script), url],
                          capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
