@@ -147,34 +147,25 @@ impl Sidecar {
             drain: limits.drain_timeout,
         };
 
-        let proxy = Arc::new(
-            Proxy::new(self.shared.clone(), self.metrics.clone())
-                .with_admin_address(self.admin_addr()),
-        );
-        // Load shedding: past `limits.max_concurrent_requests` in flight, a request is answered
-        // 503 at once rather than queued behind the others. A permit is one atomic operation,
-        // and the request future stays inline in its connection's task (no box per request).
-        let permits = limits
-            .max_concurrent_requests
-            .min(tokio::sync::Semaphore::MAX_PERMITS);
-        let in_flight = Arc::new(tokio::sync::Semaphore::new(permits));
-        let handler = move |req: Request<Incoming>| {
-            let (proxy, in_flight) = (proxy.clone(), in_flight.clone());
-            async move {
-                match in_flight.try_acquire() {
-                    Ok(_permit) => proxy.handle(req).await,
-                    Err(_) => proxy.shed(
-                        req.method(),
-                        req.uri(),
-                        req.headers().get(crate::proxy::X_REQUEST_ID),
-                    ),
-                }
-            }
-        };
-
         // The proxy listeners stop first; the admin listener keeps answering (readyz:
         // draining) until the drain is over.
         let (stop_proxy, proxy_stopped) = tokio::sync::watch::channel(false);
+        let proxy = Arc::new(
+            Proxy::new(self.shared.clone(), self.metrics.clone())
+                .with_admin_address(self.admin_addr())
+                .with_shutdown(proxy_stopped.clone()),
+        );
+        // Load shedding lives in the proxy: past `limits.max_concurrent_requests` in flight a
+        // request is answered 503 at once rather than queued, whichever listener or tunnel it
+        // came through.
+        let handler = {
+            let proxy = proxy.clone();
+            move |req: Request<Incoming>| {
+                let proxy = proxy.clone();
+                async move { proxy.serve_request(req).await }
+            }
+        };
+
         let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let stopped = move || {
             let mut rx = proxy_stopped.clone();
@@ -202,7 +193,7 @@ impl Sidecar {
         let mut threads = Vec::with_capacity(config.workers);
         for index in 0..config.workers {
             let (queue, connections) = tokio::sync::mpsc::unbounded_channel();
-            let (handler, stop) = (handler.clone(), stopped());
+            let (handler, stop, proxy) = (handler.clone(), stopped(), proxy.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("twilio-sidecar-{index}"))
                 .spawn(move || {
@@ -211,12 +202,13 @@ impl Sidecar {
                         .enable_all()
                         .build()
                     {
-                        Ok(runtime) => runtime.block_on(serve(
-                            Handoff::new(connections),
-                            handler,
-                            stop,
-                            options,
-                        )),
+                        Ok(runtime) => runtime.block_on(async move {
+                            serve(Handoff::new(connections), handler, stop, options).await;
+                            // Tunnels opened on this thread run on its runtime: it lives
+                            // until they have drained (or the deadline passed).
+                            let _ =
+                                tokio::time::timeout(options.drain, proxy.tunnels_drained()).await;
+                        }),
                         Err(e) => error!(error = %e, "cannot start a serving thread"),
                     }
                 });
@@ -273,6 +265,13 @@ impl Sidecar {
             }
         })
         .await;
+        // CONNECT tunnels drain on the same signal and deadline.
+        if tokio::time::timeout(options.drain, proxy.tunnels_drained())
+            .await
+            .is_err()
+        {
+            warn!("drain deadline reached with tunnels still open");
+        }
         if let Some(path) = socket_path {
             let _ = std::fs::remove_file(path);
         }

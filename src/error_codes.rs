@@ -91,6 +91,14 @@ pub const CODES: &[ErrorCode] = &[
         remedy: "Retry after the Retry-After delay; scale out, or look at upstream latency.",
     },
     ErrorCode {
+        code: 79500,
+        status: 500,
+        meaning: "The sidecar could not open a CONNECT tunnel: issuing the certificate for the \
+                  host failed.",
+        remedy: "Check the sidecar's log and its [intercept] CA (`twilio-sidecar validate`); \
+                 retry.",
+    },
+    ErrorCode {
         code: 79502,
         status: 502,
         meaning: "Twilio could not be reached: a connect, TLS (certificate verification \

@@ -38,6 +38,7 @@ pub mod credentials;
 pub mod dev;
 pub mod error_codes;
 pub mod gate;
+pub mod intercept;
 pub mod metrics;
 pub mod proxy;
 pub mod telemetry;

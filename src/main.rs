@@ -1,4 +1,4 @@
-//! The `twilio-sidecar` binary: `run`, `dev`, `check`, `validate`, `client-key`.
+//! The `twilio-sidecar` binary: `run`, `dev`, `check`, `validate`, `client-key`, `ca init`.
 
 #![forbid(unsafe_code)]
 
@@ -64,6 +64,11 @@ enum Command {
         #[arg(long)]
         client: Option<String>,
     },
+    /// Transparent mode's local CA.
+    Ca {
+        #[command(subcommand)]
+        action: CaCommand,
+    },
     /// Print a new local secret for a [[clients]] table, and the secret_sha256 line for it.
     ClientKey {
         /// The client id to put in the printed table.
@@ -77,6 +82,19 @@ enum Command {
         /// Do not read secret files and variables (lint a config away from where it runs).
         #[arg(long)]
         skip_secrets: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Write a new CA, name-constrained to twilio.com, as DIR/ca.pem (0644) and DIR/ca.key
+    /// (0600). Never overwrites.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Days the CA is valid.
+        #[arg(long, default_value_t = 1825)]
+        days: u32,
     },
 }
 
@@ -95,6 +113,9 @@ fn main() -> ExitCode {
             client.as_deref(),
         )),
         Command::ClientKey { id } => finish(commands::client_key(id.as_deref())),
+        Command::Ca {
+            action: CaCommand::Init { dir, days },
+        } => finish(commands::ca_init(&dir, days)),
         Command::Validate {
             config,
             skip_secrets,

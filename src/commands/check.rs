@@ -89,7 +89,7 @@ pub fn check_as(
         }
     }
     let mut trace = Trace::default();
-    let result = gate.admit_as(&parts, caller, &mut trace);
+    let result = gate.admit_as(&parts, caller, None, &mut trace);
     let hosts = &gate.router.hosts;
     let policy = gate.policy_for(caller);
     if let Some(host) = trace.host {
@@ -98,6 +98,7 @@ pub fn check_as(
             Some(RouteSource::HostHeader) => " (from the URL's host)",
             Some(RouteSource::PathPrefix) => " (from the leading path segment)",
             Some(RouteSource::Default) => " (upstream.default_host)",
+            Some(RouteSource::Tunnel) => " (the CONNECT tunnel's host)",
             None => "",
         };
         let _ = writeln!(out, "host:     {}{source}", hosts.name(host));

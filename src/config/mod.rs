@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use parse::read_config;
 use reader::{Diagnostic, Diagnostics};
-pub use secret::SecretSource;
+pub use secret::{SecretError, SecretSource};
 pub use settings::*;
 
 /// Exit code for a bad config or bad usage (EX_USAGE).
@@ -44,6 +44,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// `[[clients]]`: per-app local keys and policies (empty: every caller is the same app).
     pub clients: Vec<ClientConfig>,
+    /// `[intercept]`: transparent mode (CONNECT), when configured.
+    pub intercept: Option<InterceptConfig>,
     /// `[oauth]`: token cache tunables for oauth2 accounts.
     pub oauth: OAuthSettings,
     /// `[reload]`: file watching.
@@ -171,6 +173,10 @@ impl Config {
         }
         files.extend(self.upstream.ca_file.iter().cloned());
         files.extend(self.policy.files.iter().cloned());
+        if let Some(intercept) = &self.intercept {
+            files.push(intercept.ca_cert.clone());
+            files.extend(intercept.ca_key.file().map(Path::to_path_buf));
+        }
         for client in &self.clients {
             if let ClientSecret::Source(source) = &client.secret {
                 files.extend(source.file().map(Path::to_path_buf));

@@ -19,6 +19,7 @@ pub(super) fn read_config(table: &toml::Table, base: &Path, d: &mut Diagnostics)
     let accounts = read_accounts(&mut root, d, base);
     let policy = read_policy(&mut root, d, base);
     let clients = read_clients(&mut root, d, base, accounts.as_deref());
+    let intercept = read_intercept(&mut root, d, base);
     let oauth = read_oauth(&mut root, d);
     let reload = read_reload(&mut root, d);
     let limits = read_limits(&mut root, d);
@@ -47,6 +48,7 @@ pub(super) fn read_config(table: &toml::Table, base: &Path, d: &mut Diagnostics)
         accounts: accounts?,
         policy: policy?,
         clients: clients?,
+        intercept: intercept?,
         oauth: oauth?,
         reload: reload?,
         limits: limits?,
@@ -653,4 +655,37 @@ fn read_clients(
         }
     }
     (d.errors.len() == before).then_some(clients)
+}
+
+/// `[intercept]`: `ca_cert` and `ca_key`, both required when the table is there.
+fn read_intercept(
+    root: &mut Section<'_>,
+    d: &mut Diagnostics,
+    base: &Path,
+) -> Option<Option<InterceptConfig>> {
+    let Some(mut s) = root.table(d, "intercept") else {
+        return root.get("intercept").is_none().then_some(None);
+    };
+    let cert = match s.string(d, "ca_cert") {
+        Some(p) if !p.is_empty() => Some(base.join(p)),
+        Some(_) => {
+            d.error(s.key("ca_cert"), "must be a path");
+            None
+        }
+        None => {
+            if s.get("ca_cert").is_none() {
+                d.error(
+                    s.key("ca_cert"),
+                    "missing: the CA certificate apps trust (`twilio-sidecar ca init --dir DIR` makes one)",
+                );
+            }
+            None
+        }
+    };
+    let key = SecretSource::parse(&mut s, d, "ca_key", true, base);
+    s.finish(d);
+    match (cert, key) {
+        (Some(ca_cert), Some(ca_key)) => Some(Some(InterceptConfig { ca_cert, ca_key })),
+        _ => None,
+    }
 }

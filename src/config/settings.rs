@@ -149,6 +149,15 @@ pub struct PolicyConfig {
     pub anonymous: bool,
 }
 
+/// `[intercept]`: transparent mode's local CA.
+#[derive(Debug, Clone)]
+pub struct InterceptConfig {
+    /// The CA certificate (PEM), which apps trust.
+    pub ca_cert: PathBuf,
+    /// Its private key.
+    pub ca_key: SecretSource,
+}
+
 /// `[[clients]]`: an app with a local key of its own and a policy of its own.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {

@@ -18,6 +18,7 @@ use crate::config::{Config, ConfigError};
 use crate::credentials::{Account, Credential, LoadContext};
 use crate::gate::clients::ClientKeys;
 use crate::gate::Gate;
+use crate::intercept::Intercept;
 use crate::metrics::{OAuthMetrics, UpstreamMetrics};
 use crate::upstream::Upstream;
 
@@ -28,6 +29,8 @@ pub struct State {
     pub gate: Gate,
     /// `[[clients]]`' local keys, as hashes, in the gate's client order.
     pub client_keys: ClientKeys,
+    /// Transparent mode's CA and its leaf certificates, with `[intercept]`.
+    pub intercept: Option<Arc<Intercept>>,
     /// In config order, the same order as the gate's account indexes.
     pub accounts: Vec<Account>,
     pub upstream: Arc<Upstream>,
@@ -58,6 +61,28 @@ impl State {
         let client_keys = ClientKeys::load(&config.clients)
             .map_err(|e| problems.extend(e))
             .ok();
+        // Kept from the previous generation (with its leaves) when the CA did not change.
+        let intercept = match &config.intercept {
+            Some(cfg) => match Intercept::load(cfg, previous.and_then(|p| p.intercept.as_ref())) {
+                Ok(i) => {
+                    if !i.name_constrained {
+                        warnings.push(Diagnostic {
+                            key: "intercept.ca_cert".into(),
+                            message: "this CA is not name-constrained to twilio.com: whoever steals its key can impersonate any site to the apps that trust it; make one with `twilio-sidecar ca init`".into(),
+                        });
+                    }
+                    Some(Some(i))
+                }
+                Err(e) => {
+                    problems.push(Diagnostic {
+                        key: "intercept".into(),
+                        message: e.to_string(),
+                    });
+                    None
+                }
+            },
+            None => Some(None),
+        };
 
         let mut upstream_unchanged = false;
         let upstream = match previous.map(|p| &p.upstream) {
@@ -113,13 +138,16 @@ impl State {
             }
         }
 
-        match (gate, upstream, client_keys) {
-            (Some(gate), Some(upstream), Some(client_keys)) if problems.is_empty() => {
+        match (gate, upstream, client_keys, intercept) {
+            (Some(gate), Some(upstream), Some(client_keys), Some(intercept))
+                if problems.is_empty() =>
+            {
                 warnings.extend(gate.lint());
                 Ok(State {
                     generation: previous.map_or(1, |p| p.generation + 1),
                     gate,
                     client_keys,
+                    intercept,
                     accounts,
                     upstream,
                     config,

@@ -150,20 +150,22 @@ impl Gate {
 
     /// Phases 1–4 for a request without client credentials, under `[policy]`.
     pub fn admit<'r>(&self, parts: &'r Parts, trace: &mut Trace) -> Result<Admission<'r>, Refusal> {
-        self.admit_as(parts, Caller::Anonymous, trace)
+        self.admit_as(parts, Caller::Anonymous, None, trace)
     }
 
     /// Phases 1–4 for one request from `caller`: under that client's policy and accounts, or
-    /// `[policy]` for an anonymous one. `trace` is filled in as phases complete, so it tells
-    /// how far a refused request got.
+    /// `[policy]` for an anonymous one; `tunnel` is the host of the CONNECT tunnel it came
+    /// through, if any. `trace` is filled in as phases complete, so it tells how far a
+    /// refused request got.
     pub fn admit_as<'r>(
         &self,
         parts: &'r Parts,
         caller: Caller,
+        tunnel: Option<HostId>,
         trace: &mut Trace,
     ) -> Result<Admission<'r>, Refusal> {
         // Phase 1: route.
-        let route = self.router.route(parts)?;
+        let route = self.router.route_in(parts, tunnel)?;
         trace.host = Some(route.host);
         trace.source = Some(route.source);
         trace.path_offset = parts.uri.path().len() - route.path.len();

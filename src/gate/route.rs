@@ -73,6 +73,8 @@ pub enum RouteSource {
     HostHeader,
     PathPrefix,
     Default,
+    /// Inside a CONNECT tunnel: the host the tunnel was opened to.
+    Tunnel,
 }
 
 /// Where a request goes.
@@ -108,6 +110,19 @@ fn forwarded_method(method: &Method) -> bool {
 }
 
 impl Router {
+    /// Decides the target of `req`, or refuses it. `pinned` is the host of the tunnel the
+    /// request came through, if any ([`Router::route_pinned`]).
+    pub fn route_in<'r>(
+        &self,
+        req: &'r Parts,
+        pinned: Option<HostId>,
+    ) -> Result<Route<'r>, Refusal> {
+        match pinned {
+            Some(host) => self.route_pinned(req, host),
+            None => self.route(req),
+        }
+    }
+
     /// Decides the target of `req`, or refuses it.
     pub fn route<'r>(&self, req: &'r Parts) -> Result<Route<'r>, Refusal> {
         if !forwarded_method(&req.method) {
@@ -213,6 +228,78 @@ impl Router {
         })
     }
 
+    /// Decides the target of a request inside a tunnel opened to `pinned`: always that host.
+    /// A `Host`, `:authority` or absolute-form target naming another host is refused, so a
+    /// request cannot be checked as one host's and sent to another; no host-prefix form.
+    pub fn route_pinned<'r>(&self, req: &'r Parts, pinned: HostId) -> Result<Route<'r>, Refusal> {
+        if !forwarded_method(&req.method) {
+            return Err(Refusal::MethodNotAllowed(req.method.to_string()));
+        }
+        let mut host_values = req.headers.get_all(header::HOST).iter();
+        let host_header = host_values.next();
+        if host_values.next().is_some() {
+            return Err(Refusal::BadTarget("more than one Host header".into()));
+        }
+        let pinned_name = self.hosts.name(pinned);
+        let names = host_header
+            .map(|v| {
+                v.to_str()
+                    .map_err(|_| Refusal::BadTarget("the Host header is not ASCII".into()))
+            })
+            .transpose()?
+            .into_iter()
+            .chain(req.uri.authority().map(|a| a.as_str()));
+        for named in names {
+            let (host, port) = split_port(named);
+            if named.contains('@')
+                || !host.eq_ignore_ascii_case(pinned_name)
+                || port.is_some_and(|p| p != "443")
+            {
+                return Err(Refusal::BadTarget(format!(
+                    "this tunnel was opened to {pinned_name}:443; the request names {named:?}"
+                )));
+            }
+        }
+        if req.uri.scheme_str().is_some_and(|s| s != "https") {
+            return Err(Refusal::BadTarget(
+                "inside a tunnel, absolute-form targets must be https".into(),
+            ));
+        }
+        Ok(Route {
+            host: pinned,
+            path: req.uri.path(),
+            query: req.uri.query(),
+            source: RouteSource::Tunnel,
+        })
+    }
+
+    /// The allowed host a `CONNECT host:443` target names. Anything else — another port, no
+    /// port, an IP literal, userinfo, a host that is not allowed — is refused before anything
+    /// is dialled (nothing ever is: the tunnel ends at the sidecar).
+    pub fn connect_target(&self, authority: &str) -> Result<HostId, Refusal> {
+        if authority.contains('@') {
+            return Err(Refusal::HostNotAllowed(
+                "CONNECT targets with userinfo are not accepted".into(),
+            ));
+        }
+        let (host, port) = split_port(authority);
+        match port {
+            Some("443") => {}
+            Some(p) => {
+                return Err(Refusal::HostNotAllowed(format!(
+                    "CONNECT to port {p:?}: twilio-sidecar tunnels only to port 443 of Twilio hosts"
+                )))
+            }
+            None => return Err(Refusal::HostNotAllowed("CONNECT needs host:443".into())),
+        }
+        if host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok() {
+            return Err(Refusal::HostNotAllowed(format!(
+                "CONNECT to the address {host}: twilio-sidecar tunnels only to Twilio host names"
+            )));
+        }
+        self.allowed(host)
+    }
+
     fn allowed(&self, host: &str) -> Result<HostId, Refusal> {
         self.hosts.lookup(host).ok_or_else(|| {
             if is_twilio_name(host) {
@@ -312,6 +399,63 @@ mod tests {
                 )
             })
             .map_err(|e| e.code())
+    }
+
+    #[test]
+    fn connect_targets_and_pinned_routes() {
+        let r = router();
+        let api = r.hosts.lookup("api.twilio.com").unwrap();
+        assert_eq!(r.connect_target("api.twilio.com:443").unwrap(), api);
+        assert_eq!(r.connect_target("API.Twilio.com:443").unwrap(), api);
+        for bad in [
+            "evil.example:443",
+            "api.twilio.com:8443",
+            "api.twilio.com",
+            "127.0.0.1:443",
+            "[::1]:443",
+            "api.twilio.com.evil.example:443",
+            "user@api.twilio.com:443",
+            "monitor.twilio.com:443",
+        ] {
+            assert_eq!(
+                r.connect_target(bad).map_err(|e| e.code()),
+                Err(79403),
+                "{bad}"
+            );
+        }
+        let ok = |target: &str, host: Option<&str>| {
+            let mut b = http::Request::builder().method("GET").uri(target);
+            if let Some(h) = host {
+                b = b.header("host", h);
+            }
+            let parts = b.body(()).unwrap().into_parts().0;
+            r.route_pinned(&parts, api)
+                .map(|route| (route.path.to_string(), route.source))
+                .map_err(|e| e.code())
+        };
+        assert_eq!(
+            ok("/2010-04-01/Accounts", Some("api.twilio.com")),
+            Ok(("/2010-04-01/Accounts".into(), RouteSource::Tunnel))
+        );
+        assert!(ok("/x", Some("api.twilio.com:443")).is_ok());
+        assert!(ok("/x", None).is_ok());
+        assert!(ok("https://api.twilio.com/x", None).is_ok());
+        // The host prefix is not a routing form inside a tunnel: the path stays as it is.
+        assert_eq!(
+            ok("/verify.twilio.com/v2", Some("api.twilio.com"))
+                .unwrap()
+                .0,
+            "/verify.twilio.com/v2"
+        );
+        for (target, host) in [
+            ("/x", Some("verify.twilio.com")),
+            ("/x", Some("api.twilio.com:8443")),
+            ("/x", Some("evil.example")),
+            ("https://verify.twilio.com/x", None),
+            ("http://api.twilio.com/x", None),
+        ] {
+            assert_eq!(ok(target, host), Err(79401), "{target} {host:?}");
+        }
     }
 
     #[test]

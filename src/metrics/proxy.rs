@@ -62,6 +62,11 @@ pub struct ProxyMetrics {
     pub oauth_replays: IntCounterVec,
     /// Requests refused (401) because client authentication failed, by reason.
     pub client_auth_failures: IntCounterVec,
+    /// CONNECT tunnels by result (opened, refused_target, refused_auth, refused_disabled,
+    /// app_tls_failed, failed).
+    pub tunnels: IntCounterVec,
+    /// Leaf certificates issued for tunnels.
+    pub leaf_certificates_issued: IntCounter,
 }
 
 impl ProxyMetrics {
@@ -117,6 +122,17 @@ impl ProxyMetrics {
                 ),
                 &["reason"],
             )?,
+            tunnels: IntCounterVec::new(
+                Opts::new(
+                    "tunnels_total",
+                    "CONNECT tunnels (transparent mode) by result: opened, refused_target, refused_auth, refused_disabled, app_tls_failed (usually an app that does not trust the CA), failed.",
+                ),
+                &["result"],
+            )?,
+            leaf_certificates_issued: IntCounter::new(
+                "tunnel_leaf_certificates_issued_total",
+                "Leaf certificates issued by the local CA for tunnels (one per host, renewed at half its life).",
+            )?,
         })
     }
 
@@ -129,6 +145,8 @@ impl ProxyMetrics {
         registry.register(Box::new(self.no_credential.clone()))?;
         registry.register(Box::new(self.oauth_replays.clone()))?;
         registry.register(Box::new(self.client_auth_failures.clone()))?;
+        registry.register(Box::new(self.tunnels.clone()))?;
+        registry.register(Box::new(self.leaf_certificates_issued.clone()))?;
         Ok(())
     }
 
@@ -141,6 +159,11 @@ impl ProxyMetrics {
             &[labels.host, labels.decision],
             seconds,
         );
+    }
+
+    /// A tunnel was opened or refused.
+    pub fn tunnel(&self, result: &str) {
+        self.tunnels.with_label_values(&[result]).inc();
     }
 
     /// A rule decided a request.

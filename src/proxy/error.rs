@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::error_codes::more_info;
+use crate::gate::clients::AuthFailure;
 use crate::gate::Refusal;
 use crate::upstream::UpstreamFailure;
 use http_body_util::Full;
@@ -23,6 +24,13 @@ pub enum ProxyError {
     /// The admission phases (route, canonical path, policy, account) refused it.
     #[error(transparent)]
     Refused(#[from] Refusal),
+    /// A CONNECT without valid client credentials (`Proxy-Authorization`), when they are
+    /// needed.
+    #[error("{}", Refusal::Unauthenticated(*.0))]
+    TunnelUnauthenticated(AuthFailure),
+    /// The sidecar could not make the certificate a tunnel needs.
+    #[error("twilio-sidecar could not open the tunnel: {0}")]
+    TunnelFailed(String),
     /// The app's request body broke off or exceeded what it announced.
     #[error("the request body could not be read: {0}")]
     BadBody(String),
@@ -55,6 +63,8 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Refused(refusal) => refusal.status(),
+            ProxyError::TunnelUnauthenticated(_) => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            ProxyError::TunnelFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::BadBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -68,6 +78,8 @@ impl ProxyError {
     pub fn code(&self) -> u32 {
         match self {
             ProxyError::Refused(refusal) => refusal.code(),
+            ProxyError::TunnelUnauthenticated(_) => 20003,
+            ProxyError::TunnelFailed(_) => 79500,
             ProxyError::BadBody(_) => 79402,
             ProxyError::UpstreamUnreachable { .. } => 79502,
             ProxyError::UpstreamTimeout { .. } => 79504,
@@ -88,6 +100,13 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+            // A proxy asks for its credentials with 407; SDKs' proxy agents know it.
+            response.headers_mut().insert(
+                header::PROXY_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"twilio-sidecar\""),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             // Client credentials are asked for as a server asks for Basic credentials.
             response.headers_mut().insert(
@@ -148,6 +167,7 @@ mod tests {
             ProxyError::from(Refusal::NonCanonicalPath(String::new())),
             ProxyError::from(Refusal::BadTarget(String::new())),
             ProxyError::BadBody(String::new()),
+            ProxyError::TunnelFailed(String::new()),
             ProxyError::from(Refusal::HostNotAllowed(String::new())),
             ProxyError::from(Refusal::UnknownAccount(String::new())),
             ProxyError::from(Refusal::MethodNotAllowed(String::new())),

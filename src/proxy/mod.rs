@@ -32,6 +32,7 @@ mod headers;
 pub mod paging;
 mod pipeline;
 pub mod server;
+mod tunnel;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,6 +49,7 @@ use crate::control::state::{SharedState, State};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::upstream::body::ResponseBody as Body;
 use error::ProxyError;
+use server::ServerOptions;
 
 /// Echoed back to the app and written to the access log.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -91,6 +93,11 @@ pub struct Proxy {
     next_id: AtomicU64,
     /// Where `more_info` points for the sidecar's codes unless `admin.error_docs_url` says.
     error_docs: Box<str>,
+    /// Requests in flight, bounded by `limits.max_concurrent_requests`: shared by every
+    /// listener and tunnel; a request that finds none left is shed at once.
+    permits: tokio::sync::Semaphore,
+    /// CONNECT tunnels (transparent mode): their connections' options, count and drain.
+    tunnels: tunnel::Tunnels,
 }
 
 impl Proxy {
@@ -100,13 +107,51 @@ impl Proxy {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos() ^ (d.as_secs() as u32))
             ^ std::process::id().rotate_left(16);
-        let admin = state.load().config.admin;
+        let (admin, limits) = {
+            let s = state.load();
+            (s.config.admin, s.config.limits.clone())
+        };
+        let options = ServerOptions {
+            header_read_timeout: limits.header_read_timeout,
+            max_header_bytes: limits.max_header_bytes,
+            drain: limits.drain_timeout,
+        };
         Proxy {
             state,
             metrics,
             id_prefix,
             next_id: AtomicU64::new(1),
             error_docs: admin_error_pages(admin).into(),
+            permits: tokio::sync::Semaphore::new(
+                limits
+                    .max_concurrent_requests
+                    .min(tokio::sync::Semaphore::MAX_PERMITS),
+            ),
+            // Never asked to stop until `with_shutdown` says how.
+            tunnels: tunnel::Tunnels::new(options, tokio::sync::watch::channel(false).1),
+        }
+    }
+
+    /// The signal that stops tunnels taking new requests on shutdown (they then finish what
+    /// is in flight; [`Proxy::tunnels_drained`] says when).
+    pub fn with_shutdown(mut self, stop: tokio::sync::watch::Receiver<bool>) -> Proxy {
+        self.tunnels = tunnel::Tunnels::new(self.tunnels.options, stop);
+        self
+    }
+
+    /// Resolves once no CONNECT tunnel is open.
+    pub async fn tunnels_drained(&self) {
+        self.tunnels.drained().await;
+    }
+
+    /// One request from an app connection: shed at once when `limits.max_concurrent_requests`
+    /// are in flight (a permit is one atomic operation, and the request future stays inline in
+    /// its connection's task), a tunnel for a CONNECT, else the pipeline.
+    pub async fn serve_request(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        match self.permits.try_acquire() {
+            Ok(_permit) if req.method() == Method::CONNECT => self.connect(req),
+            Ok(_permit) => self.handle(req).await,
+            Err(_) => self.shed(req.method(), req.uri(), req.headers().get(X_REQUEST_ID)),
         }
     }
 
@@ -127,6 +172,15 @@ impl Proxy {
 
     /// Handles one request from the app. Never fails: refusals become Twilio-shaped errors.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        self.handle_in(req, None).await
+    }
+
+    /// [`Proxy::handle`] for a request that came in plain, or through `tunnel`.
+    async fn handle_in(
+        &self,
+        req: Request<Incoming>,
+        tunnel: Option<&tunnel::Tunnel>,
+    ) -> Response<Body> {
         let started = Instant::now();
         self.metrics.proxy.in_flight.inc();
         let _in_flight = InFlight(&self.metrics);
@@ -140,7 +194,8 @@ impl Proxy {
         // The whole-request limit is applied here rather than by an outer layer so that a
         // request that runs out of time still gets its metrics and access-log line.
         let limit = state.config.limits.request_timeout;
-        let outcome = tokio::time::timeout(limit, self.pipeline(&state, req, &mut record)).await;
+        let outcome =
+            tokio::time::timeout(limit, self.pipeline(&state, req, &mut record, tunnel)).await;
         let response = match outcome {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => error

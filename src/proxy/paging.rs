@@ -42,6 +42,8 @@ impl LinkBase {
     ) -> Option<LinkBase> {
         match source {
             RouteSource::AbsoluteForm | RouteSource::HostHeader => Some(LinkBase::TwilioHost),
+            // The app's next request comes through the proxy again: Twilio's links are right.
+            RouteSource::Tunnel => None,
             RouteSource::PathPrefix | RouteSource::Default => {
                 let authority = authority?.to_str().ok()?;
                 // It is echoed into a URL: accept only what an authority can hold.

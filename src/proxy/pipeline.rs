@@ -14,6 +14,7 @@ use tracing::warn;
 
 use super::headers::{strip_request_headers, strip_response_headers};
 use super::paging::{rewrite_links, LinkBase, MAX_REWRITE_BODY};
+use super::tunnel::Tunnel;
 use super::{Proxy, Record};
 use crate::control::state::State;
 use crate::credentials::{Account, Attached};
@@ -55,11 +56,15 @@ impl Proxy {
         state: &'s State,
         req: Request<Incoming>,
         record: &mut Record<'s>,
+        tunnel: Option<&Tunnel>,
     ) -> Result<Response<Body>, ProxyError> {
         let (mut parts, body) = req.into_parts();
-        let caller = self.identify(state, &parts, record)?;
+        let caller = match tunnel {
+            Some(tunnel) => self.tunnel_caller(state, tunnel, record)?,
+            None => self.identify(state, &parts.headers, record)?,
+        };
         // Phases 1–4 read the request only: the same code `check` runs.
-        let target = self.admit(state, &parts, caller, record)?;
+        let target = self.admit(state, &parts, caller, tunnel, record)?;
         let account = &state.accounts[record.account_index];
         // A stated body length over the limit is refused before anything else happens.
         let max = state.config.limits.max_request_body;
@@ -105,17 +110,17 @@ impl Proxy {
     /// nothing. Short-circuits with 401 (code 20003, counted by reason) when they are missing
     /// (and anonymous requests are not served), malformed, or not valid — an unknown id and a
     /// wrong secret answered alike.
-    fn identify<'s>(
+    pub(super) fn identify<'s>(
         &self,
         state: &'s State,
-        parts: &Parts,
+        headers: &http::HeaderMap,
         record: &mut Record<'s>,
     ) -> Result<Caller, Refusal> {
         if !state.client_keys.any() {
             record.client = "anonymous";
             return Ok(Caller::Anonymous);
         }
-        let caller = match state.client_keys.authenticate(&parts.headers) {
+        let caller = match state.client_keys.authenticate(headers) {
             Ok(Caller::Anonymous) if !state.gate.anonymous => Err(AuthFailure::Missing),
             other => other,
         };
@@ -145,10 +150,21 @@ impl Proxy {
         state: &'s State,
         parts: &Parts,
         caller: Caller,
+        tunnel: Option<&Tunnel>,
         record: &mut Record<'s>,
     ) -> Result<Target, Refusal> {
         let mut trace = Trace::default();
-        let admitted = state.gate.admit_as(parts, caller, &mut trace);
+        let pinned = match tunnel {
+            // The tunnel's host as this generation knows it (a reload may have removed it).
+            Some(t) => Some(state.gate.router.hosts.lookup(&t.host).ok_or_else(|| {
+                Refusal::HostNotAllowed(format!(
+                    "host {} is no longer in the sidecar's upstream.allowed_hosts",
+                    t.host
+                ))
+            })?),
+            None => None,
+        };
+        let admitted = state.gate.admit_as(parts, caller, pinned, &mut trace);
         let hosts = &state.gate.router.hosts;
         record.host = trace.host.map_or("-", |h| hosts.name(h));
         record.path_offset = trace.path_offset;
@@ -309,8 +325,9 @@ fn target(hosts: &Hosts, parts: &Parts, admission: &Admission<'_>) -> Result<Tar
     // rewrite needs (reference-counted clones; the link base is built only if needed). (The
     // 2010 API on api.* pages with relative `next_page_uri`: nothing to rewrite, so its
     // responses stream untouched.)
-    let pages_with_links =
-        parts.method == Method::GET && !hosts.name(route.host).starts_with("api.");
+    let pages_with_links = parts.method == Method::GET
+        && route.source != RouteSource::Tunnel
+        && !hosts.name(route.host).starts_with("api.");
     let paging = pages_with_links.then(|| {
         let authority = parts.headers.get(header::HOST).cloned().or_else(|| {
             parts

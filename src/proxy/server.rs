@@ -128,6 +128,22 @@ async fn accept_until<L: Acceptor>(
     }
 }
 
+/// How every app connection is served, on a listener or inside a tunnel: HTTP/1.1 and h2c,
+/// with the header read timeout and size cap.
+pub fn connection_builder(options: ServerOptions) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout)
+        .max_buf_size(options.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
 /// Serves `handler` on `listener` until `shutdown` completes, then drains.
 pub async fn serve<L, H, F>(
     listener: L,
@@ -139,16 +155,7 @@ pub async fn serve<L, H, F>(
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ResponseBody>> + Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout)
-        .max_buf_size(options.max_header_bytes);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX));
+    let builder = connection_builder(options);
     let graceful = GracefulShutdown::new();
     accept_until(&listener, shutdown, |stream, peer| {
         let handler = handler.clone();
@@ -156,8 +163,9 @@ pub async fn serve<L, H, F>(
             let fut = handler(req);
             async move { Ok::<_, Infallible>(fut.await) }
         });
+        // With upgrades: a CONNECT becomes a tunnel (transparent mode).
         let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
