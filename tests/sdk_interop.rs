@@ -313,9 +313,19 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     r
 }
 
-/// Runs one SDK's scenario script and returns its JSON result line.
-fn run_scenarios(program: &str, script: &Path, sidecar: SocketAddr) -> serde_json::Value {
-    run_script(program, script, sidecar, &[])
+/// `[intercept]` with a CA made by `twilio-sidecar ca init` in `dir/ca`.
+fn intercept_table(dir: &Path) -> String {
+    let out = sidecar_command()
+        .args(["ca", "init", "--dir"])
+        .arg(dir.join("ca"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!("\n[intercept]\nca_cert = \"ca/ca.pem\"\nca_key = {{ file = \"ca/ca.key\" }}\n")
 }
 
 /// Runs a script with the sidecar's address, the example account and `env`.
@@ -353,6 +363,19 @@ fn run_script(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the SDK packages; scripts/test-all.sh installs them and runs this"]
 async fn official_sdks_through_the_sidecar_against_prism() {
+    sdk_scenarios(false).await;
+}
+
+/// Transparent mode: the same scenarios with no SDK configuration at all — twilio-python with
+/// HTTPS_PROXY and REQUESTS_CA_BUNDLE, twilio-node with HTTP_PROXY and NODE_EXTRA_CA_CERTS —
+/// through CONNECT tunnels to the sidecar, which pages and denies exactly as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the SDK packages; scripts/test-all.sh installs them and runs this"]
+async fn official_sdks_with_https_proxy_and_no_code_change() {
+    sdk_scenarios(true).await;
+}
+
+async fn sdk_scenarios(transparent: bool) {
     let prism = start_prism();
     let (front, front_ca, log) = start_front(prism.ports.clone(), expected_authorization()).await;
     let h = Harness::start_with(|ctx| {
@@ -369,15 +392,39 @@ async fn official_sdks_through_the_sidecar_against_prism() {
             )
             .replace("ca_file = \"ca.pem\"", "ca_file = \"front-ca.pem\"")
             .replace(SID, EXAMPLE_SID)
+            + &intercept_table(&ctx.dir)
     })
     .await;
+    let ca = h.dir.path().join("ca/ca.pem");
+    let proxy_url = format!("http://{}", h.proxy);
+    let ca_path = ca.display().to_string();
 
     for (program, script) in [
         (sdk_python(), "python_scenarios.py"),
         ("node".to_string(), "node_scenarios.js"),
     ] {
         let before = log.lock().unwrap().requests.len();
-        let results = run_scenarios(&program, &root().join("tests/sdk").join(script), h.proxy);
+        // Python (requests) honours HTTPS_PROXY, Node (twilio-node) HTTP_PROXY; each takes
+        // the CA the way its runtime does.
+        let env: Vec<(&str, &str)> = match (transparent, program.as_str()) {
+            (false, _) => vec![],
+            (true, "node") => vec![
+                ("TRANSPARENT", "1"),
+                ("HTTP_PROXY", &proxy_url),
+                ("NODE_EXTRA_CA_CERTS", &ca_path),
+            ],
+            (true, _) => vec![
+                ("TRANSPARENT", "1"),
+                ("HTTPS_PROXY", &proxy_url),
+                ("REQUESTS_CA_BUNDLE", &ca_path),
+            ],
+        };
+        let results = run_script(
+            &program,
+            &root().join("tests/sdk").join(script),
+            h.proxy,
+            &env,
+        );
         eprintln!("{program}: {results}");
         assert!(
             results["message_created"]
@@ -389,7 +436,8 @@ async fn official_sdks_through_the_sidecar_against_prism() {
         assert_eq!(results["denied"]["status"], 403, "{results}");
         assert_eq!(results["denied"]["code"], 70051, "{results}");
         assert!(results["lookup"].is_string(), "{results}");
-        // The second Conversations page came through the sidecar, from the rewritten link.
+        // The second Conversations page came through the sidecar: from the rewritten link, or
+        // (transparent mode) from Twilio's own link, through the proxy again.
         let requests = log.lock().unwrap().requests[before..].to_vec();
         let pages: Vec<_> = requests
             .iter()
@@ -413,6 +461,17 @@ async fn official_sdks_through_the_sidecar_against_prism() {
             !requests.iter().any(|(_, _, t)| t.contains("/Calls")),
             "the denied call reached Twilio"
         );
+    }
+    if transparent {
+        // It was the tunnels: every product host was reached through a CONNECT.
+        let m = h.metrics().await;
+        let opened = m
+            .lines()
+            .find(|l| l.starts_with(r#"twilio_sidecar_tunnels_total{result="opened"}"#))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        assert!(opened >= 8, "{opened} tunnels: {m}");
     }
     let log = log.lock().unwrap();
     assert!(log.violations.is_empty(), "{:#?}", log.violations);

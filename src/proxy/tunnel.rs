@@ -131,7 +131,7 @@ impl Proxy {
         let Some(intercept) = state.intercept.clone() else {
             return Err(Refusal::MethodNotAllowed("CONNECT".into()).into());
         };
-        if req.version() != Version::HTTP_11 {
+        if req.version() >= Version::HTTP_2 {
             return Err(Refusal::MethodNotAllowed("CONNECT".into()).into());
         }
         let authority = req

@@ -1,4 +1,6 @@
-// Scenarios with the official Twilio Node SDK, configured only by base URL.
+// Scenarios with the official Twilio Node SDK, configured only by base URL — or, with
+// TRANSPARENT=1, not configured at all: HTTP_PROXY and NODE_EXTRA_CA_CERTS from the environment
+// do it (the sidecar's transparent mode).
 //
 // Run by tests/sdk.rs with SIDECAR_URL and ACCOUNT_SID set. Prints one JSON line of results;
 // any unexpected error fails the run (non-zero exit).
@@ -16,10 +18,12 @@ const account = process.env.ACCOUNT_SID;
 async function main() {
   // The Node SDK refuses to start without credentials; these are dummies the sidecar strips.
   const client = twilio(account, "not-a-secret-the-sidecar-holds-the-real-one");
-  client.api.baseUrl = base; // api.twilio.com is the default host
-  client.verify.baseUrl = `${base}/verify.twilio.com`; // other products: host-prefix form
-  client.conversations.baseUrl = `${base}/conversations.twilio.com`;
-  client.lookups.baseUrl = `${base}/lookups.twilio.com`;
+  if (process.env.TRANSPARENT !== "1") {
+    client.api.baseUrl = base; // api.twilio.com is the default host
+    client.verify.baseUrl = `${base}/verify.twilio.com`; // other products: host-prefix form
+    client.conversations.baseUrl = `${base}/conversations.twilio.com`;
+    client.lookups.baseUrl = `${base}/lookups.twilio.com`;
+  }
 
   const results = {};
   const created = await client.messages.create({ to: "+15005550006", from: "+15005550006", body: "hello from the sidecar" });

@@ -1,7 +1,9 @@
-"""Scenarios with the official Twilio Python SDK, configured only by base URL.
+"""Scenarios with the official Twilio Python SDK, configured only by base URL — or, with
+TRANSPARENT=1, not configured at all: HTTPS_PROXY and REQUESTS_CA_BUNDLE from the environment
+do it (the sidecar's transparent mode).
 
-Run by tests/sdk.rs with SIDECAR_URL (the sidecar's proxy address) and ACCOUNT_SID set. Prints
-one JSON line of results; any unexpected exception fails the run (non-zero exit).
+Run by tests/sdk_interop.rs with SIDECAR_URL (the sidecar's proxy address) and ACCOUNT_SID set.
+Prints one JSON line of results; any unexpected exception fails the run (non-zero exit).
 """
 import json
 import os
@@ -19,10 +21,11 @@ account = os.environ["ACCOUNT_SID"]
 
 # The SDK insists on credentials; these are not Twilio's and the sidecar strips them.
 client = Client(account, "not-a-secret-the-sidecar-holds-the-real-one")
-client.api.base_url = base                                    # api.twilio.com is the default host
-client.verify.base_url = f"{base}/verify.twilio.com"          # other products: host-prefix form
-client.conversations.base_url = f"{base}/conversations.twilio.com"
-client.lookups.base_url = f"{base}/lookups.twilio.com"
+if os.environ.get("TRANSPARENT") != "1":
+    client.api.base_url = base                                # api.twilio.com is the default host
+    client.verify.base_url = f"{base}/verify.twilio.com"      # other products: host-prefix form
+    client.conversations.base_url = f"{base}/conversations.twilio.com"
+    client.lookups.base_url = f"{base}/lookups.twilio.com"
 
 results = {}
 
