@@ -325,7 +325,7 @@ fn intercept_table(dir: &Path) -> String {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    format!("\n[intercept]\nca_cert = \"ca/ca.pem\"\nca_key = {{ file = \"ca/ca.key\" }}\n")
+    "\n[intercept]\nca_cert = \"ca/ca.pem\"\nca_key = { file = \"ca/ca.key\" }\n".to_string()
 }
 
 /// Runs a script with the sidecar's address, the example account and `env`.
