@@ -25,6 +25,7 @@ fn bench(c: &mut Criterion) {
             allow: vec!["/x".into()],
             deny: vec![],
             files: vec![],
+            access_tokens: None,
         })
         .collect();
     let keys = ClientKeys::load(&clients).unwrap();

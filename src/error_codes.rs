@@ -70,6 +70,15 @@ pub const CODES: &[ErrorCode] = &[
         remedy: "Use the method Twilio's API documents, spelled in upper case.",
     },
     ErrorCode {
+        code: 79406,
+        status: 404,
+        meaning: "No endpoint of the sidecar's answers this path under /_sidecar/ (a prefix \
+                  reserved for the sidecar, never sent to Twilio), or /_sidecar/access-tokens \
+                  was asked for and no access_tokens table applies.",
+        remedy: "Use POST /_sidecar/access-tokens, with [access_tokens] (or the client's \
+                 access_tokens) configured.",
+    },
+    ErrorCode {
         code: 79408,
         status: 504,
         meaning: "The whole request took longer than limits.request_timeout.",
@@ -82,6 +91,15 @@ pub const CODES: &[ErrorCode] = &[
         meaning: "The request body is larger than limits.max_request_body; it never reached \
                   Twilio.",
         remedy: "Send a smaller body, or raise limits.max_request_body.",
+    },
+    ErrorCode {
+        code: 79420,
+        status: 400,
+        meaning: "The access-token request is not valid: not JSON, an unknown field, or larger \
+                  than 16 KiB.",
+        remedy:
+            "Send {\"identity\": \"…\", \"ttl\": 3600, \"grants\": {\"voice\": …, \"video\": …, \
+                 \"chat\": …, \"sync\": …}} as JSON (README \"Access Tokens\").",
     },
     ErrorCode {
         code: 79429,

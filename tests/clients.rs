@@ -625,6 +625,7 @@ mod no_header_sequence_authenticates_without_the_secret {
                 allow: vec!["/x".into()],
                 deny: vec![],
                 files: vec![],
+                access_tokens: None,
             }])
             .unwrap();
             let mut map = HeaderMap::new();

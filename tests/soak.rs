@@ -95,6 +95,8 @@ struct Seen {
     answered: HashMap<String, Bytes>,
     /// Every request id that arrived, answered or not.
     received: std::collections::HashSet<String>,
+    /// Request ids answered 401 (a revoked bearer token): the sidecar replays these.
+    rejected: std::collections::HashSet<String>,
     /// API-key requests: when they arrived and which generation their pair was from.
     pairs: Vec<(Instant, u64)>,
     mixed: u64,
@@ -352,6 +354,7 @@ async fn serve_h1(
         _ => {}
     }
     if authorize(&auth, &seen, &tokens).is_err() {
+        seen.lock().unwrap().rejected.insert(id);
         return Ok(respond(401, twilio_error(401, 20003, "Authenticate")));
     }
     let status = if chaos == "error500" { 500 } else { 200 };
@@ -809,6 +812,11 @@ allow = [
                 match (kind, *status, code) {
                     // It never reached Twilio: a TLS handshake the stand-in failed on purpose.
                     (_, 502, Some(79502)) if !arrived => "502 79502 (TLS failure)".to_string(),
+                    // Twilio 401'd its revoked token, and the replay with a new one met a TLS
+                    // handshake the stand-in failed on purpose.
+                    (Kind::OAuth, 502, Some(79502)) if seen.rejected.contains(id) => {
+                        "502 79502 (replay after a 401, TLS failure)".to_string()
+                    }
                     (Kind::Chaos("error500"), 500, Some(20500)) => "Twilio's 500".to_string(),
                     (Kind::Chaos("close"), 502, Some(79502)) => "502 79502".to_string(),
                     (Kind::Chaos("slow" | "hang"), 504, Some(79504)) => "504 79504".to_string(),
@@ -888,6 +896,12 @@ allow = [
     let early = window(1.0 / 6.0, 2.0 / 6.0);
     let late = window(5.0 / 6.0, 1.0);
     let rss_growth = late.0 as f64 / early.0 as f64 - 1.0;
+    // The whole curve, a tenth of the run apart, to tell a plateau from a leak.
+    let curve: Vec<String> = (0..=10)
+        .filter_map(|i| samples.get(i * (samples.len() - 1) / 10))
+        .map(|(t, r, f)| format!("{}s {} KiB {} fds", t.as_secs(), r, f))
+        .collect();
+    eprintln!("RSS and fds over the run: {}", curve.join(", "));
     let fd_growth = late.1 as f64 / early.1 as f64 - 1.0;
     let in_flight = metric(&metrics, "twilio_sidecar_in_flight_requests");
 

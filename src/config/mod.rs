@@ -46,6 +46,9 @@ pub struct Config {
     pub clients: Vec<ClientConfig>,
     /// `[intercept]`: transparent mode (CONNECT), when configured.
     pub intercept: Option<InterceptConfig>,
+    /// `[access_tokens]`: Access Tokens minted for anonymous callers (clients may have their
+    /// own).
+    pub access_tokens: Option<AccessTokenPolicy>,
     /// `[oauth]`: token cache tunables for oauth2 accounts.
     pub oauth: OAuthSettings,
     /// `[reload]`: file watching.

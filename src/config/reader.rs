@@ -180,6 +180,15 @@ impl<'a> Section<'a> {
         Some(out)
     }
 
+    /// [`Section::finish`] for a section held by reference.
+    pub fn finish_ref(&self, d: &mut Diagnostics) {
+        for key in self.table.keys() {
+            if !self.seen.contains(key.as_str()) {
+                d.error(self.key(key), "unknown key");
+            }
+        }
+    }
+
     /// Reports every key that nothing read. Call after reading the section.
     pub fn finish(self, d: &mut Diagnostics) {
         for key in self.table.keys() {

@@ -149,6 +149,37 @@ pub struct PolicyConfig {
     pub anonymous: bool,
 }
 
+/// `[access_tokens]` (or a client's `access_tokens`): which Access Tokens the sidecar mints for
+/// browser and mobile SDKs, signed with an account's API key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessTokenPolicy {
+    /// The account whose API key signs; `None`: the default account.
+    pub account: Option<String>,
+    /// The longest lifetime granted (at most 24 h, Twilio's maximum).
+    pub max_ttl: Duration,
+    /// Globs (`*`: any run of characters) an identity must match.
+    pub identities: Vec<String>,
+    pub voice: Option<VoiceTokenPolicy>,
+    /// Video: room name globs.
+    pub video: Option<Vec<String>>,
+    /// Conversations (chat): service SIDs.
+    pub chat: Option<Vec<String>>,
+    /// Sync: service SIDs.
+    pub sync: Option<Vec<String>>,
+}
+
+/// The voice part of an [`AccessTokenPolicy`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct VoiceTokenPolicy {
+    /// TwiML application SIDs outgoing calls may use.
+    pub outgoing_application_sids: Vec<String>,
+    /// Whether tokens may allow incoming calls.
+    pub incoming: bool,
+}
+
+/// Twilio's longest Access Token lifetime.
+pub const MAX_ACCESS_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
 /// `[intercept]`: transparent mode's local CA.
 #[derive(Debug, Clone)]
 pub struct InterceptConfig {
@@ -173,6 +204,8 @@ pub struct ClientConfig {
     pub allow: Vec<String>,
     pub deny: Vec<String>,
     pub files: Vec<PathBuf>,
+    /// Replaces `[access_tokens]` for this client's token requests.
+    pub access_tokens: Option<AccessTokenPolicy>,
 }
 
 /// How a client's local secret is given.

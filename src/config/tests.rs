@@ -133,8 +133,12 @@ fn normalized(key: &str) -> String {
     }
     for form in [".file", ".env"] {
         if let Some(stripped) = out.strip_suffix(form) {
-            return format!("{stripped}.<source>");
+            out = format!("{stripped}.<source>");
         }
+    }
+    // A client's access_tokens table has the same keys as [access_tokens], shown there.
+    if let Some(inner) = out.strip_prefix("clients[].access_tokens.") {
+        return format!("access_tokens.{inner}");
     }
     out
 }

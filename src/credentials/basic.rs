@@ -15,6 +15,8 @@ pub struct BasicCredential {
     /// The Basic username: the API key SID (`SK…`) or the account SID (`AC…`). Not a secret.
     pub(super) username: Box<str>,
     pub(super) authorization: HeaderValue,
+    /// For an API key: what signs Access Tokens and PKCV JWTs.
+    pub(super) signer: Option<super::Signer>,
 }
 
 impl BasicCredential {
@@ -36,6 +38,7 @@ impl BasicCredential {
             kind,
             username: username.into(),
             authorization,
+            signer: None,
         })
     }
 }

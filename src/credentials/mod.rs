@@ -7,9 +7,11 @@
 //! together and stored in one value, so a request can never pair a SID from one generation with
 //! a secret from another. OAuth2 accounts attach a bearer token from their [`oauth::TokenCache`].
 
+pub mod access_token;
 mod basic;
 pub mod oauth;
 
+pub use access_token::Signer;
 pub use basic::BasicCredential;
 
 use std::sync::Arc;
@@ -128,7 +130,13 @@ impl Credential {
                             });
                             None
                         } else {
-                            Some(Credential::basic("api_key", sid, &secret))
+                            Some(Credential::basic("api_key", sid, &secret).map(|c| {
+                                c.with_signer(Signer {
+                                    key_sid: sid.into(),
+                                    account_sid: account.sid.as_str().into(),
+                                    secret: secret.clone(),
+                                })
+                            }))
                         }
                     }
                     _ => None,
@@ -245,6 +253,25 @@ impl Credential {
             }
             (Credential::OAuth(a), Credential::OAuth(b)) => Arc::ptr_eq(a, b),
             _ => false,
+        }
+    }
+
+    /// An API key's signing material (key SID, account, secret), to mint Access Tokens and
+    /// sign PKCV JWTs with; other credentials have none.
+    pub fn signer(&self) -> Option<&Signer> {
+        match self {
+            Credential::Basic(b) => b.signer.as_ref(),
+            Credential::OAuth(_) => None,
+        }
+    }
+
+    fn with_signer(self, signer: Signer) -> Self {
+        match self {
+            Credential::Basic(mut b) => {
+                b.signer = Some(signer);
+                Credential::Basic(b)
+            }
+            other => other,
         }
     }
 

@@ -283,6 +283,7 @@ mod tests {
             allow: vec!["/x".into()],
             deny: vec![],
             files: vec![],
+            access_tokens: None,
         }
     }
 

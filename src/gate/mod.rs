@@ -279,6 +279,11 @@ impl Gate {
         origins.get(index).map_or("policy", String::as_str)
     }
 
+    /// The index of the default account (the one non-2010 APIs use).
+    pub fn default_account(&self) -> usize {
+        self.default_account
+    }
+
     /// The SID of account `index`.
     pub fn account_sid(&self, index: usize) -> &str {
         &self.sids[index]

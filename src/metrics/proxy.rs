@@ -67,6 +67,10 @@ pub struct ProxyMetrics {
     pub tunnels: IntCounterVec,
     /// Leaf certificates issued for tunnels.
     pub leaf_certificates_issued: IntCounter,
+    /// Access Tokens minted or refused, by result and reason.
+    pub access_tokens: IntCounterVec,
+    /// Grants in the Access Tokens minted, by grant.
+    pub access_token_grants: IntCounterVec,
 }
 
 impl ProxyMetrics {
@@ -129,6 +133,20 @@ impl ProxyMetrics {
                 ),
                 &["result"],
             )?,
+            access_tokens: IntCounterVec::new(
+                Opts::new(
+                    "access_tokens_total",
+                    "Access Tokens minted (result=issued) or refused, by reason (ttl, identity, voice, video, chat, sync, bad_request, method, not_configured).",
+                ),
+                &["result", "reason"],
+            )?,
+            access_token_grants: IntCounterVec::new(
+                Opts::new(
+                    "access_token_grants_total",
+                    "Grants in the Access Tokens minted, by grant (voice, video, chat, sync).",
+                ),
+                &["grant"],
+            )?,
             leaf_certificates_issued: IntCounter::new(
                 "tunnel_leaf_certificates_issued_total",
                 "Leaf certificates issued by the local CA for tunnels (one per host, renewed at half its life).",
@@ -147,6 +165,8 @@ impl ProxyMetrics {
         registry.register(Box::new(self.client_auth_failures.clone()))?;
         registry.register(Box::new(self.tunnels.clone()))?;
         registry.register(Box::new(self.leaf_certificates_issued.clone()))?;
+        registry.register(Box::new(self.access_tokens.clone()))?;
+        registry.register(Box::new(self.access_token_grants.clone()))?;
         Ok(())
     }
 

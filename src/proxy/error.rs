@@ -28,6 +28,15 @@ pub enum ProxyError {
     /// needed.
     #[error("{}", Refusal::Unauthenticated(*.0))]
     TunnelUnauthenticated(AuthFailure),
+    /// Nothing under `/_sidecar/` answers this (or no `access_tokens` table applies).
+    #[error("twilio-sidecar has no endpoint {0}")]
+    LocalNotFound(String),
+    /// An Access Token request that is not one.
+    #[error("the access-token request is not valid: {0}")]
+    BadTokenRequest(String),
+    /// The Access Token policy refused what was asked for.
+    #[error("the access token was refused by the twilio-sidecar policy: {0}")]
+    TokenRefused(String),
     /// The sidecar could not make the certificate a tunnel needs.
     #[error("twilio-sidecar could not open the tunnel: {0}")]
     TunnelFailed(String),
@@ -65,6 +74,9 @@ impl ProxyError {
             ProxyError::Refused(refusal) => refusal.status(),
             ProxyError::TunnelUnauthenticated(_) => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             ProxyError::TunnelFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::LocalNotFound(_) => StatusCode::NOT_FOUND,
+            ProxyError::BadTokenRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::TokenRefused(_) => StatusCode::FORBIDDEN,
             ProxyError::BadBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -80,6 +92,9 @@ impl ProxyError {
             ProxyError::Refused(refusal) => refusal.code(),
             ProxyError::TunnelUnauthenticated(_) => 20003,
             ProxyError::TunnelFailed(_) => 79500,
+            ProxyError::LocalNotFound(_) => 79406,
+            ProxyError::BadTokenRequest(_) => 79420,
+            ProxyError::TokenRefused(_) => 70051,
             ProxyError::BadBody(_) => 79402,
             ProxyError::UpstreamUnreachable { .. } => 79502,
             ProxyError::UpstreamTimeout { .. } => 79504,
@@ -168,6 +183,8 @@ mod tests {
             ProxyError::from(Refusal::BadTarget(String::new())),
             ProxyError::BadBody(String::new()),
             ProxyError::TunnelFailed(String::new()),
+            ProxyError::LocalNotFound(String::new()),
+            ProxyError::BadTokenRequest(String::new()),
             ProxyError::from(Refusal::HostNotAllowed(String::new())),
             ProxyError::from(Refusal::UnknownAccount(String::new())),
             ProxyError::from(Refusal::MethodNotAllowed(String::new())),

@@ -29,6 +29,7 @@
 
 pub mod error;
 mod headers;
+mod local;
 pub mod paging;
 mod pipeline;
 pub mod server;
@@ -67,6 +68,8 @@ struct Record<'s> {
     /// Where the forwarded path starts inside the received path (after a host prefix).
     path_offset: usize,
     twilio_request_id: Option<HeaderValue>,
+    /// The identity an Access Token was asked for (never the token).
+    identity: Option<Box<str>>,
 }
 
 impl Default for Record<'_> {
@@ -80,6 +83,7 @@ impl Default for Record<'_> {
             account_index: 0,
             path_offset: 0,
             twilio_request_id: None,
+            identity: None,
         }
     }
 }
@@ -271,6 +275,7 @@ impl Proxy {
                 .as_ref()
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-"),
+            identity = record.identity.as_deref().unwrap_or("-"),
         );
         response.headers_mut().insert(X_REQUEST_ID, request_id);
         response

@@ -63,6 +63,11 @@ impl Proxy {
             Some(tunnel) => self.tunnel_caller(state, tunnel, record)?,
             None => self.identify(state, &parts.headers, record)?,
         };
+        // The sidecar's own endpoints: never routed to Twilio. Boxed: a rare path whose
+        // future need not enlarge every request's.
+        if parts.uri.path().starts_with(super::local::PREFIX) {
+            return Box::pin(self.local(state, parts, body, caller, record)).await;
+        }
         // Phases 1–4 read the request only: the same code `check` runs.
         let target = self.admit(state, &parts, caller, tunnel, record)?;
         let account = &state.accounts[record.account_index];
