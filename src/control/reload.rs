@@ -113,6 +113,7 @@ impl Reloader {
                 state.start_background(&self.metrics.oauth);
                 publish_state_metrics(&self.metrics, &state, Some(&previous), trigger);
                 self.shared.store(state);
+                crate::metrics::new_generation();
                 info!(generation, trigger, "config reloaded");
                 Ok(generation)
             }

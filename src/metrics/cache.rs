@@ -5,12 +5,23 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec};
 
 thread_local! {
     static COUNTERS: RefCell<HandleCache<IntCounter>> = RefCell::new(HandleCache::default());
     static HISTOGRAMS: RefCell<HandleCache<Histogram>> = RefCell::new(HandleCache::default());
+}
+
+/// Bumped when a new config generation starts serving: its rule texts and host names live at
+/// new addresses, so every thread's entries for the old ones are dropped at its next update
+/// instead of piling up until [`CACHE_LIMIT`].
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Retires every thread's cached handles (lazily, at each thread's next update).
+pub(super) fn new_generation() {
+    GENERATION.fetch_add(1, Ordering::Relaxed);
 }
 
 /// `vec.with_label_values(labels).inc()` through this thread's cache. `seed` tells apart the
@@ -42,6 +53,8 @@ pub(super) fn observe(seed: u64, vec: &HistogramVec, labels: &[&str], value: f64
 /// collision can never count into the wrong series).
 struct HandleCache<M> {
     map: HashMap<u64, Vec<Labelled<M>>, BuildHasherDefault<PassThrough>>,
+    /// The [`GENERATION`] the entries were made in.
+    generation: u64,
 }
 
 /// A handle and the label values it was made for.
@@ -51,12 +64,13 @@ impl<M> Default for HandleCache<M> {
     fn default() -> Self {
         HandleCache {
             map: HashMap::default(),
+            generation: 0,
         }
     }
 }
 
-/// Label sets a thread keeps before starting over (reloads retire old rule texts).
-const CACHE_LIMIT: usize = 4096;
+/// Label sets a thread keeps before starting over, within one generation.
+const CACHE_LIMIT: usize = 1024;
 
 impl<M> HandleCache<M> {
     fn with(
@@ -66,6 +80,11 @@ impl<M> HandleCache<M> {
         make: impl FnOnce() -> M,
         use_it: impl FnOnce(&M),
     ) {
+        let generation = GENERATION.load(Ordering::Relaxed);
+        if generation != self.generation {
+            self.map.clear();
+            self.generation = generation;
+        }
         let key = label_hash(seed, labels);
         if let Some(bucket) = self.map.get(&key) {
             if let Some((_, m)) = bucket.iter().find(|(l, _)| {

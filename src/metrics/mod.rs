@@ -29,6 +29,12 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// A new config generation is serving: the per-thread metric handle caches drop the entries
+/// made for the old one's labels (their rule texts and host names are freed with it).
+pub fn new_generation() {
+    cache::new_generation();
+}
+
 /// A distinct id per component instance, so the per-thread handle caches never confuse two.
 fn next_id() -> u64 {
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
