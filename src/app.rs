@@ -16,6 +16,9 @@
 //!   beyond `limits.max_concurrent_requests` the answer is 503 at once instead of a queue, so
 //!   a stuck Twilio cannot pile up unbounded work;
 //! - the proxy ([`crate::proxy`]): whole-request timeout, the request phases.
+//!
+//! With `[webhooks]`, a third listener serves Twilio's inbound webhooks
+//! ([`crate::webhooks`]) on the main runtime, drained with the proxy listeners.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -38,6 +41,7 @@ use crate::control::state::{SharedState, State};
 use crate::metrics::Metrics;
 use crate::proxy::server::{hand_off, serve, Handoff, ServerOptions};
 use crate::proxy::Proxy;
+use crate::webhooks::Webhooks;
 
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +67,8 @@ pub struct Sidecar {
     proxy_listener: TcpListener,
     unix_listener: Option<(UnixListener, PathBuf)>,
     admin_listener: TcpListener,
+    /// `[webhooks]`' listener, when configured.
+    webhook_listener: Option<TcpListener>,
 }
 
 impl Sidecar {
@@ -100,6 +106,10 @@ impl Sidecar {
         };
         let proxy_listener = bind("listen.address", state.config.listen).await?;
         let admin_listener = bind("admin.address", state.config.admin).await?;
+        let webhook_listener = match &state.config.webhooks {
+            Some(w) => Some(bind("webhooks.listen", w.listen).await?),
+            None => None,
+        };
         let unix_listener = match &state.config.unix {
             Some(unix) => Some((bind_unix(&unix.path, unix.mode)?, unix.path.clone())),
             None => None,
@@ -120,6 +130,7 @@ impl Sidecar {
             proxy_listener,
             unix_listener,
             admin_listener,
+            webhook_listener,
         })
     }
 
@@ -137,9 +148,17 @@ impl Sidecar {
             .unwrap_or_else(|_| self.shared.load().config.admin)
     }
 
+    /// Where the webhook listener is bound, with `[webhooks]`.
+    pub fn webhook_addr(&self) -> Option<SocketAddr> {
+        self.webhook_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     /// Serves every listener until `shutdown` completes, then drains in-flight requests.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let config = self.shared.load().config.clone();
+        let admin_addr = self.admin_addr();
         let limits = &config.limits;
         let options = ServerOptions {
             header_read_timeout: limits.header_read_timeout,
@@ -183,6 +202,9 @@ impl Sidecar {
         ));
         // Config and secret files are watched from before the first request is served.
         let watcher = crate::control::watch::start(self.reloader.clone(), self.shared.clone());
+        if let (Some(addr), Some(webhooks)) = (self.webhook_addr(), &config.webhooks) {
+            info!(%addr, forward_to = %webhooks.forward_to, "webhooks listening");
+        }
         info!(addr = %self.proxy_addr(), "proxy listening");
         info!(addr = %self.admin_addr(), "admin listening");
 
@@ -225,6 +247,24 @@ impl Sidecar {
             queues,
             stopped(),
         ))];
+        // Webhooks: verified, then forwarded to the app; drained with the proxy listeners.
+        if let (Some(listener), Some(webhooks)) = (self.webhook_listener, &config.webhooks) {
+            let service = Arc::new(Webhooks::new(
+                self.shared.clone(),
+                self.metrics.clone(),
+                webhooks,
+                admin_addr,
+            ));
+            proxy_servers.push(tokio::spawn(serve(
+                listener,
+                move |req| {
+                    let service = service.clone();
+                    async move { service.handle(req).await }
+                },
+                stopped(),
+                options,
+            )));
+        }
         let mut socket_path = None;
         if let Some((listener, path)) = self.unix_listener {
             info!(path = %path.display(), "proxy listening on unix socket");

@@ -1,4 +1,5 @@
-//! The sidecar's own error codes (794xx, 795xx): what each means and what to do about it.
+//! The sidecar's own error codes (794xx, 795xx; 796xx from the webhook listener): what each
+//! means and what to do about it.
 //!
 //! One table, read by the responses (their `more_info` links to a page made from it), by the
 //! admin listener's `/errors` pages and by a test that keeps the README's table in step. A
@@ -139,6 +140,69 @@ pub const CODES: &[ErrorCode] = &[
         meaning: "Twilio did not answer within upstream.request_timeout.",
         remedy: "Retry; Twilio or the network is slow. Raise upstream.request_timeout only if \
                  Twilio is known to need longer for this call.",
+    },
+    ErrorCode {
+        code: 79600,
+        status: 403,
+        meaning: "A webhook on the webhook listener is not Twilio's: X-Twilio-Signature is \
+                  missing, or does not match the request (URL, parameters or body hash) for \
+                  the account's webhook_token. It was not forwarded to the app.",
+        remedy: "If Twilio sent it: check that webhooks.public_url is the scheme://host[:port] \
+                 (and path prefix) Twilio calls, and that the account's webhook_token is its \
+                 current Auth Token (list the old and the new while rotating).",
+    },
+    ErrorCode {
+        code: 79601,
+        status: 403,
+        meaning: "The webhook's account (its AccountSid, or the default account) has no \
+                  webhook_token, so the sidecar cannot verify it.",
+        remedy: "Add webhook_token = { file = \"…\" } to that [[accounts]] table.",
+    },
+    ErrorCode {
+        code: 79602,
+        status: 403,
+        meaning: "The webhook cannot be verified as sent: a body that is neither a form nor \
+                  covered by a bodySHA256 query parameter, or a signature algorithm the \
+                  sidecar does not know.",
+        remedy: "Twilio signs form posts, GETs and JSON bodies with bodySHA256; anything else \
+                 is not from Twilio, or needs a newer twilio-sidecar.",
+    },
+    ErrorCode {
+        code: 79610,
+        status: 400,
+        meaning: "The webhook is malformed: invalid percent-encoding or non-UTF-8 text in its \
+                  form body or query, or a body that broke off.",
+        remedy: "Twilio does not send these; look at what sent it.",
+    },
+    ErrorCode {
+        code: 79613,
+        status: 413,
+        meaning: "The webhook body is larger than webhooks.max_body; it was not forwarded.",
+        remedy: "Raise webhooks.max_body if Twilio legitimately sends bodies this large.",
+    },
+    ErrorCode {
+        code: 79629,
+        status: 503,
+        meaning: "The webhook listener is at webhooks.max_concurrent (or [webhooks] was removed \
+                  by a reload), so this webhook was shed.",
+        remedy: "Twilio retries some webhooks; look at the app's latency \
+                 (twilio_sidecar_webhook_app_duration_seconds) or raise \
+                 webhooks.max_concurrent.",
+    },
+    ErrorCode {
+        code: 79650,
+        status: 502,
+        meaning: "A verified webhook could not be delivered: the app at webhooks.forward_to \
+                  refused the connection, broke it off, or answered with more than \
+                  webhooks.max_body.",
+        remedy: "Check that the app is running and listening on webhooks.forward_to.",
+    },
+    ErrorCode {
+        code: 79654,
+        status: 504,
+        meaning: "The app did not answer a verified webhook within webhooks.timeout.",
+        remedy: "Make the app answer faster (Twilio itself waits 15 s), or raise \
+                 webhooks.timeout.",
     },
 ];
 

@@ -22,6 +22,8 @@
 //!   the per-thread connection pool ([`upstream::pool`]).
 //! - [`control`]: the arc-swapped per-generation [`control::state`], [`control::reload`] with
 //!   its file [`control::watch`], and the [`control::admin`] endpoints.
+//! - [`webhooks`]: the inbound listener that verifies Twilio's webhook signatures
+//!   ([`webhooks::signature`]) and forwards what verifies to the app.
 //! - [`config`], [`metrics`] and [`error_codes`]: leaves that everything imports and that
 //!   import nothing of the crate — settings types (TOML in, every problem at once), one metrics
 //!   struct per component, and what each of the sidecar's error codes means.
@@ -43,3 +45,4 @@ pub mod metrics;
 pub mod proxy;
 pub mod telemetry;
 pub mod upstream;
+pub mod webhooks;

@@ -46,6 +46,8 @@ pub struct Config {
     pub clients: Vec<ClientConfig>,
     /// `[intercept]`: transparent mode (CONNECT), when configured.
     pub intercept: Option<InterceptConfig>,
+    /// `[webhooks]`: the inbound webhook listener, when configured.
+    pub webhooks: Option<WebhooksConfig>,
     /// `[access_tokens]`: Access Tokens minted for anonymous callers (clients may have their
     /// own).
     pub access_tokens: Option<AccessTokenPolicy>,
@@ -171,6 +173,9 @@ impl Config {
         let mut files: Vec<PathBuf> = self.path.iter().cloned().collect();
         for account in &self.accounts {
             for (_, source) in account.credential.sources() {
+                files.extend(source.file().map(Path::to_path_buf));
+            }
+            for source in &account.webhook_tokens {
                 files.extend(source.file().map(Path::to_path_buf));
             }
         }

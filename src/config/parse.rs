@@ -20,6 +20,7 @@ pub(super) fn read_config(table: &toml::Table, base: &Path, d: &mut Diagnostics)
     let policy = read_policy(&mut root, d, base);
     let clients = read_clients(&mut root, d, base, accounts.as_deref());
     let intercept = read_intercept(&mut root, d, base);
+    let webhooks = read_webhooks(&mut root, d, accounts.as_deref());
     let access_tokens = match root.table(d, "access_tokens") {
         Some(mut s) => read_access_tokens(&mut s, d, accounts.as_deref()).map(Some),
         None => root.get("access_tokens").is_none().then_some(None),
@@ -53,6 +54,7 @@ pub(super) fn read_config(table: &toml::Table, base: &Path, d: &mut Diagnostics)
         policy: policy?,
         clients: clients?,
         intercept: intercept?,
+        webhooks: webhooks?,
         access_tokens: access_tokens?,
         oauth: oauth?,
         reload: reload?,
@@ -358,12 +360,16 @@ fn read_accounts(
         }
         let default = s.boolean(d, "default").unwrap_or(false);
         let credential = read_credential(&mut s, d, base);
+        let webhook_tokens = read_webhook_tokens(&mut s, d, base);
         s.finish(d);
-        if let (Some(sid), Some(credential), true) = (sid, credential, usable) {
+        if let (Some(sid), Some(credential), Some(webhook_tokens), true) =
+            (sid, credential, webhook_tokens, usable)
+        {
             accounts.push(AccountConfig {
                 sid: sid.to_string(),
                 default,
                 credential,
+                webhook_tokens,
             });
         }
     }
@@ -383,6 +389,43 @@ fn read_accounts(
     // above all) is still checked and every problem is reported at once; the errors keep the
     // config from being used.
     (d.errors.len() == before || !accounts.is_empty()).then_some(accounts)
+}
+
+/// `webhook_token`: one source, or a list of one or two while rotating.
+fn read_webhook_tokens(
+    account: &mut Section<'_>,
+    d: &mut Diagnostics,
+    base: &Path,
+) -> Option<Vec<SecretSource>> {
+    let Some(value) = account.get("webhook_token") else {
+        return Some(Vec::new());
+    };
+    let Some(list) = value.as_array() else {
+        return SecretSource::parse(account, d, "webhook_token", true, base).map(|s| vec![s]);
+    };
+    let key = account.key("webhook_token");
+    if list.is_empty() || list.len() > MAX_WEBHOOK_TOKENS {
+        d.error(
+            &key,
+            format!(
+                "list one token, or two while rotating (found {})",
+                list.len()
+            ),
+        );
+        return None;
+    }
+    let before = d.errors.len();
+    let mut sources = Vec::new();
+    for (i, item) in list.iter().enumerate() {
+        // Each entry is read as the only key of a one-entry table, so it gets the same
+        // checks and messages as a single source.
+        let mut one = toml::Table::new();
+        one.insert(i.to_string(), item.clone());
+        let mut s = Section::new(key.clone(), &one);
+        let index = i.to_string();
+        sources.extend(SecretSource::parse(&mut s, d, &index, true, base));
+    }
+    (d.errors.len() == before).then_some(sources)
 }
 
 fn read_credential(
@@ -698,6 +741,110 @@ fn read_intercept(
         (Some(ca_cert), Some(ca_key)) => Some(Some(InterceptConfig { ca_cert, ca_key })),
         _ => None,
     }
+}
+
+/// `[webhooks]`: `listen`, `forward_to` and `public_url` required when the table is there.
+fn read_webhooks(
+    root: &mut Section<'_>,
+    d: &mut Diagnostics,
+    accounts: Option<&[AccountConfig]>,
+) -> Option<Option<WebhooksConfig>> {
+    let Some(mut s) = root.table(d, "webhooks") else {
+        if root.get("webhooks").is_none() {
+            if let Some(a) = accounts
+                .into_iter()
+                .flatten()
+                .find(|a| !a.webhook_tokens.is_empty())
+            {
+                d.warn(
+                    format!("accounts.{}.webhook_token", a.sid),
+                    "a webhook token is configured but there is no [webhooks] table, so nothing verifies webhooks",
+                );
+            }
+            return Some(None);
+        }
+        return None;
+    };
+    let before = d.errors.len();
+    let listen = required(
+        &mut s,
+        d,
+        "listen",
+        "where Twilio's requests arrive, e.g. \"0.0.0.0:8081\"",
+    )
+    .and_then(|a| parse_addr(d, s.key("listen"), a));
+    let forward_to = required(
+        &mut s,
+        d,
+        "forward_to",
+        "the app, e.g. \"http://127.0.0.1:3000\"",
+    )
+    .and_then(|u| {
+        parse_forward_to(u)
+            .map_err(|e| d.error(s.key("forward_to"), e))
+            .ok()
+    });
+    let public_url = required(
+        &mut s,
+        d,
+        "public_url",
+        "the scheme://host[:port] Twilio calls, e.g. \"https://hooks.example.com\"",
+    )
+    .and_then(|u| {
+        PublicUrl::parse(u)
+            .map_err(|e| d.error(s.key("public_url"), e))
+            .ok()
+    });
+    let max_body = s.size(d, "max_body").unwrap_or(1024 * 1024);
+    let timeout = s.duration(d, "timeout").unwrap_or(Duration::from_secs(15));
+    let max_concurrent = s.count(d, "max_concurrent").unwrap_or(256);
+    if max_concurrent == 0 {
+        d.error(s.key("max_concurrent"), "must be at least 1");
+    }
+    if let Some(accounts) = accounts {
+        if accounts.iter().all(|a| a.webhook_tokens.is_empty()) {
+            d.error(
+                "webhooks",
+                "no account has a webhook_token: add webhook_token = { file = \"…\" } (the Auth Token Twilio signs with) to the [[accounts]] whose webhooks arrive here",
+            );
+        } else if let Some(a) = accounts
+            .iter()
+            .find(|a| a.default && a.webhook_tokens.is_empty())
+        {
+            d.warn(
+                "webhooks",
+                format!("the default account {} has no webhook_token: webhooks that name no configured account are refused", a.sid),
+            );
+        }
+    }
+    s.finish(d);
+    match (listen, forward_to, public_url) {
+        (Some(listen), Some(forward_to), Some(public_url)) if d.errors.len() == before => {
+            Some(Some(WebhooksConfig {
+                listen,
+                forward_to,
+                public_url,
+                max_body,
+                timeout,
+                max_concurrent: usize::try_from(max_concurrent).unwrap_or(usize::MAX),
+            }))
+        }
+        _ => None,
+    }
+}
+
+/// A string key that must be there; `example` says what to write.
+fn required<'a>(
+    s: &mut Section<'a>,
+    d: &mut Diagnostics,
+    key: &'a str,
+    example: &str,
+) -> Option<&'a str> {
+    let v = s.string(d, key);
+    if v.is_none() && s.get(key).is_none() {
+        d.error(s.key(key), format!("missing ({example})"));
+    }
+    v
 }
 
 /// An `access_tokens` table (`[access_tokens]` or a client's): every key checked. The

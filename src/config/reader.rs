@@ -140,6 +140,27 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// A size in bytes: an integer, or a string such as `"64KiB"` or `"1MiB"`.
+    pub fn size(&mut self, d: &mut Diagnostics, key: &'a str) -> Option<u64> {
+        let value = self.get(key)?;
+        if value.is_integer() {
+            return self.count(d, key);
+        }
+        let parsed = value.as_str().and_then(super::parse_size);
+        if parsed.is_none() {
+            let found = value
+                .as_str()
+                .map_or_else(|| describe(value).to_string(), |s| format!("{s:?}"));
+            d.error(
+                self.key(key),
+                format!(
+                    "expected a size such as \"64KiB\", \"1MiB\" or a number of bytes, found {found}"
+                ),
+            );
+        }
+        parsed
+    }
+
     pub fn table(&mut self, d: &mut Diagnostics, key: &'a str) -> Option<Section<'a>> {
         let path = self.key(key);
         self.typed(d, key, "a table", Value::as_table)

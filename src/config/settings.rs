@@ -90,6 +90,97 @@ pub struct AccountConfig {
     pub sid: String,
     pub default: bool,
     pub credential: CredentialConfig,
+    /// `webhook_token`: the Auth Token (or webhook SharedKey secret) Twilio signs this
+    /// account's webhooks with; two while rotating. Empty: webhooks for it are refused.
+    pub webhook_tokens: Vec<SecretSource>,
+}
+
+/// At most this many webhook tokens per account: the old and the new during a rotation.
+pub const MAX_WEBHOOK_TOKENS: usize = 2;
+
+/// `[webhooks]`: the listener Twilio's webhooks arrive on, verified and forwarded to the app.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhooksConfig {
+    /// Where the ingress sends Twilio's requests.
+    pub listen: SocketAddr,
+    /// The app: `http://host:port`, usually on loopback.
+    pub forward_to: Uri,
+    /// What Twilio calls, `scheme://host[:port]`; the signed URL is this followed by the
+    /// request's path and query.
+    pub public_url: PublicUrl,
+    /// Larger bodies get 413 and are never forwarded.
+    pub max_body: u64,
+    /// How long the app may take to answer (Twilio itself gives up after 15 s).
+    pub timeout: Duration,
+    /// Webhooks handled at once; beyond it, 503 at once.
+    pub max_concurrent: usize,
+}
+
+/// `webhooks.public_url`, in the two spellings the SDKs' validators accept: Twilio signs
+/// with or without the port, inconsistently. A path is a prefix the ingress strips before the
+/// request reaches the sidecar (`https://example.com/twilio` when `/twilio/sms` arrives as
+/// `/sms`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicUrl {
+    /// As configured, without a trailing slash.
+    pub as_configured: String,
+    /// `scheme://host[/prefix]`, no port.
+    pub without_port: String,
+    /// `scheme://host:port[/prefix]`, the default port (443, 80) when none is configured.
+    pub with_port: String,
+}
+
+impl PublicUrl {
+    /// Parses `scheme://host[:port][/prefix]` (http or https; no query, fragment or
+    /// userinfo).
+    pub fn parse(s: &str) -> Result<PublicUrl, String> {
+        let uri: Uri = s
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| format!("{s:?} is not a URL: {e}"))?;
+        let scheme = match uri.scheme_str() {
+            Some(scheme @ ("http" | "https")) => scheme,
+            _ => return Err(format!("{s:?} must start with https:// (or http://)")),
+        };
+        let Some(authority) = uri.authority() else {
+            return Err(format!("{s:?} has no host"));
+        };
+        if authority.as_str().contains('@') {
+            return Err(format!("{s:?} must not contain userinfo"));
+        }
+        if uri.query().is_some() || s.contains('#') {
+            return Err(format!(
+                "{s:?} must not have a query: the query Twilio signs comes from each request"
+            ));
+        }
+        let prefix = uri.path().trim_end_matches('/');
+        let host = authority.host();
+        let port = authority
+            .port_u16()
+            .unwrap_or(if scheme == "https" { 443 } else { 80 });
+        Ok(PublicUrl {
+            as_configured: format!("{scheme}://{authority}{prefix}"),
+            without_port: format!("{scheme}://{host}{prefix}"),
+            with_port: format!("{scheme}://{host}:{port}{prefix}"),
+        })
+    }
+}
+
+/// Checks `webhooks.forward_to`: `http://host:port`, no path.
+pub fn parse_forward_to(s: &str) -> Result<Uri, String> {
+    let uri: Uri = s
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| format!("{s:?} is not a URL: {e}"))?;
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        return Err(format!(
+            "{s:?} must be http://host:port: the app listens beside the sidecar, in plain HTTP"
+        ));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!(
+            "{s:?} must not have a path: each webhook keeps the path Twilio called"
+        ));
+    }
+    Ok(uri)
 }
 
 /// `credential = { type = … }`.
@@ -327,6 +418,22 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "h" => Duration::from_secs(n.checked_mul(3600)?),
         _ => return None,
     })
+}
+
+/// `"512"`, `"512B"`, `"64KiB"`, `"1MiB"`, `"1GiB"`.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(scale)
 }
 
 /// True for `AC` or `SK` followed by 32 hex digits.

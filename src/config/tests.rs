@@ -212,3 +212,98 @@ fn the_example_config_shows_every_key_the_parser_reads() {
         "config/sidecar.toml shows unknown keys {unknown:?}"
     );
 }
+
+fn with_webhooks(
+    account_extra: &str,
+    webhooks: &str,
+) -> Result<(Config, Vec<Diagnostic>), ConfigError> {
+    parse(&format!(
+        r#"
+        [[accounts]]
+        sid = "{SID}"
+        credential = {{ type = "api_key", key_sid = {{ env = "K" }}, secret = {{ file = "secret" }} }}
+        {account_extra}
+        [policy]
+        allow = ["/2010-04-01/Accounts/{{AccountSid}}/Messages*"]
+        {webhooks}
+        "#
+    ))
+}
+
+#[test]
+fn webhooks_read_with_defaults_and_two_tokens_while_rotating() {
+    let (c, warnings) = with_webhooks(
+        r#"webhook_token = [{ file = "old" }, { env = "NEW" }]"#,
+        r#"[webhooks]
+        listen = "0.0.0.0:8081"
+        forward_to = "http://127.0.0.1:3000"
+        public_url = "https://hooks.example.com/twilio/""#,
+    )
+    .unwrap();
+    let w = c.webhooks.unwrap();
+    assert_eq!(w.max_body, 1024 * 1024);
+    assert_eq!(w.timeout, Duration::from_secs(15));
+    assert_eq!(w.max_concurrent, 256);
+    assert_eq!(
+        w.public_url.without_port,
+        "https://hooks.example.com/twilio"
+    );
+    assert_eq!(
+        w.public_url.with_port,
+        "https://hooks.example.com:443/twilio"
+    );
+    assert_eq!(c.accounts[0].webhook_tokens.len(), 2);
+    assert_eq!(
+        c.accounts[0].webhook_tokens[0].file(),
+        Some(Path::new("/etc/ts/old"))
+    );
+    // 0.0.0.0 is the point of this listener: no warning for it.
+    assert!(
+        warnings.iter().all(|w| !w.key.starts_with("webhooks")),
+        "{warnings:?}"
+    );
+    assert_eq!(parse_size("64KiB"), Some(65536));
+    assert_eq!(parse_size("2MiB"), Some(2 << 20));
+    assert_eq!(parse_size("12"), Some(12));
+    assert_eq!(parse_size("1MB"), None);
+}
+
+#[test]
+fn webhook_mistakes_are_named() {
+    let err = with_webhooks(
+        r#"webhook_token = [{ file = "a" }, { file = "b" }, { file = "c" }]"#,
+        r#"[webhooks]
+        listen = "0.0.0.0:8081"
+        forward_to = "https://app.internal/hooks"
+        public_url = "hooks.example.com?x=1"
+        max_body = "lots""#,
+    )
+    .unwrap_err()
+    .to_string();
+    for needle in [
+        "accounts[0].webhook_token: list one token, or two while rotating (found 3)",
+        "webhooks.forward_to",
+        "must be http://host:port",
+        "webhooks.public_url",
+        "webhooks.max_body",
+    ] {
+        assert!(err.contains(needle), "{needle:?} not in:\n{err}");
+    }
+    let err = with_webhooks(
+        "",
+        r#"[webhooks]
+        listen = "0.0.0.0:8081"
+        forward_to = "http://127.0.0.1:3000"
+        public_url = "https://hooks.example.com""#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("no account has a webhook_token"), "{err}");
+    let (_, warnings) = with_webhooks(r#"webhook_token = { file = "t" }"#, "").unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.message.contains("no [webhooks] table")),
+        "{warnings:?}"
+    );
+}

@@ -220,6 +220,15 @@ fn warn_restart_needed(old: &Config, new: &Config) {
             o.max_concurrent_requests != n.max_concurrent_requests,
         ),
         ("limits.drain_timeout", o.drain_timeout != n.drain_timeout),
+        (
+            "webhooks.listen",
+            old.webhooks.as_ref().map(|w| w.listen) != new.webhooks.as_ref().map(|w| w.listen),
+        ),
+        (
+            "webhooks.max_concurrent",
+            old.webhooks.as_ref().map(|w| w.max_concurrent)
+                != new.webhooks.as_ref().map(|w| w.max_concurrent),
+        ),
     ];
     for (key, _) in changed.iter().filter(|(_, c)| *c) {
         warn!(key, "changing a listen address or a listener limit needs a restart; still using the old value, the rest of the reload applies");

@@ -14,8 +14,8 @@ use rustls_pki_types::CertificateDer;
 use serde_json::json;
 
 use crate::config::reader::Diagnostic;
-use crate::config::{Config, ConfigError};
-use crate::credentials::{Account, Credential, LoadContext};
+use crate::config::{Config, ConfigError, SecretSource};
+use crate::credentials::{Account, Credential, LoadContext, WebhookKeys};
 use crate::gate::clients::ClientKeys;
 use crate::gate::Gate;
 use crate::intercept::Intercept;
@@ -118,6 +118,12 @@ impl State {
                     oauth: &config.oauth,
                     previous: old.map(|a| &a.credential),
                 };
+                let webhook_keys = WebhookKeys::load(
+                    &account.webhook_tokens,
+                    &format!("accounts[{i}].webhook_token"),
+                )
+                .map_err(|e| problems.extend(e))
+                .unwrap_or_default();
                 match Credential::load(account, &format!("accounts[{i}].credential"), &ctx) {
                     Ok(credential) => {
                         let credential_generation = old.map_or(1, |old| {
@@ -131,6 +137,7 @@ impl State {
                             sid: account.sid.as_str().into(),
                             credential,
                             credential_generation,
+                            webhook_keys,
                         });
                     }
                     Err(errors) => problems.extend(errors),
@@ -200,6 +207,7 @@ impl State {
                     "sid": account.sid,
                     "default": cfg.default,
                     "credential": credential,
+                    "webhook_token": cfg.webhook_tokens.iter().map(SecretSource::redacted).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -228,6 +236,14 @@ impl State {
                 "http2_max_streams": c.upstream.http2_max_streams,
             },
             "accounts": accounts,
+            "webhooks": c.webhooks.as_ref().map(|w| json!({
+                "listen": w.listen,
+                "forward_to": w.forward_to.to_string(),
+                "public_url": w.public_url.as_configured,
+                "max_body": w.max_body,
+                "timeout_ms": w.timeout.as_millis() as u64,
+                "max_concurrent": w.max_concurrent,
+            })),
             "policy": {
                 "mode": self.gate.policy.mode(),
                 "rules": rules,

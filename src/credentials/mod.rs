@@ -6,13 +6,17 @@
 //! path only clones that value (a reference-count bump). The key SID and its secret are read
 //! together and stored in one value, so a request can never pair a SID from one generation with
 //! a secret from another. OAuth2 accounts attach a bearer token from their [`oauth::TokenCache`].
+//!
+//! Inbound, an account's [`WebhookKeys`] verify the webhooks Twilio signs for it.
 
 pub mod access_token;
 mod basic;
 pub mod oauth;
+pub mod webhook_token;
 
 pub use access_token::Signer;
 pub use basic::BasicCredential;
+pub use webhook_token::{SignatureAlgorithm, WebhookKeys};
 
 use std::sync::Arc;
 
@@ -291,6 +295,8 @@ pub struct Account {
     pub credential: Credential,
     /// Bumped each time a reload changes this account's credential.
     pub credential_generation: u64,
+    /// What verifies this account's inbound webhooks (empty: they are refused).
+    pub webhook_keys: WebhookKeys,
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 pub mod catalogue;
 pub mod clients;
+pub mod form;
 pub mod policy;
 mod refusal;
 pub mod request_path;

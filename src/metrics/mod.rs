@@ -1,6 +1,6 @@
 //! Prometheus metrics, all named `twilio_sidecar_*`, on a registry of our own: one small struct
-//! per component ([`ProxyMetrics`], [`UpstreamMetrics`], [`OAuthMetrics`], [`ReloadMetrics`]),
-//! registered together under the prefix.
+//! per component ([`ProxyMetrics`], [`UpstreamMetrics`], [`OAuthMetrics`], [`ReloadMetrics`],
+//! [`WebhookMetrics`]), registered together under the prefix.
 //!
 //! A leaf module, like `config`: the connection pool and the token refreshers are handed their
 //! component's struct without importing the control plane that builds them.
@@ -13,6 +13,7 @@ mod oauth;
 mod proxy;
 mod reload;
 mod upstream;
+mod webhooks;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,6 +24,7 @@ pub use oauth::OAuthMetrics;
 pub use proxy::{ProxyMetrics, RequestLabels};
 pub use reload::ReloadMetrics;
 pub use upstream::UpstreamMetrics;
+pub use webhooks::WebhookMetrics;
 
 /// Latency buckets in seconds: sub-millisecond sidecar work up to slow Twilio calls.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -48,6 +50,7 @@ pub struct Metrics {
     pub upstream: Arc<UpstreamMetrics>,
     pub oauth: Arc<OAuthMetrics>,
     pub reload: ReloadMetrics,
+    pub webhooks: WebhookMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -65,12 +68,14 @@ impl Metrics {
             upstream: Arc::new(UpstreamMetrics::new()?),
             oauth: Arc::new(OAuthMetrics::new()?),
             reload: ReloadMetrics::new()?,
+            webhooks: WebhookMetrics::new()?,
             registry,
         };
         metrics.proxy.register(&metrics.registry)?;
         metrics.upstream.register(&metrics.registry)?;
         metrics.oauth.register(&metrics.registry)?;
         metrics.reload.register(&metrics.registry)?;
+        metrics.webhooks.register(&metrics.registry)?;
         let build_info = IntGaugeVec::new(
             Opts::new("build_info", "Always 1; labels carry the version."),
             &["version"],

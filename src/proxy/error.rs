@@ -108,13 +108,7 @@ impl ProxyError {
     /// The response the app receives; `docs` is where the sidecar's error pages are.
     pub fn to_response(&self, docs: &str) -> Response<Full<Bytes>> {
         let status = self.status();
-        let body = twilio_error_body(self.code(), &self.to_string(), status, docs);
-        let mut response = Response::new(Full::new(body));
-        *response.status_mut() = status;
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        let mut response = twilio_error_response(self.code(), &self.to_string(), status, docs);
         if status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
             // A proxy asks for its credentials with 407; SDKs' proxy agents know it.
             response.headers_mut().insert(
@@ -129,14 +123,30 @@ impl ProxyError {
                 HeaderValue::from_static("Basic realm=\"twilio-sidecar\""),
             );
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            // Transient by nature: tell clients (and SDK retry logic) when to come back.
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
         response
     }
+}
+
+/// A response in Twilio's error shape, JSON, with `Retry-After` on a 503 (transient by
+/// nature: it tells clients and SDK retry logic when to come back).
+pub fn twilio_error_response(
+    code: u32,
+    message: &str,
+    status: StatusCode,
+    docs: &str,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(twilio_error_body(code, message, status, docs)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
 }
 
 /// Serialises Twilio's error shape.

@@ -31,9 +31,12 @@ static STRIPPED_REQUEST_HEADERS: [HeaderName; 21] = [
     HeaderName::from_static("x-forwarded-prefix"),
 ];
 
-/// Hop-by-hop headers dropped from Twilio's response; hyper frames the body itself.
-static STRIPPED_RESPONSE_HEADERS: [HeaderName; 7] = [
+/// Hop-by-hop headers, dropped from Twilio's responses and from webhooks on their way to the
+/// app; hyper frames the body itself.
+static HOP_BY_HOP_HEADERS: [HeaderName; 9] = [
     header::CONNECTION,
+    header::TE,
+    header::PROXY_AUTHORIZATION,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     header::TRAILER,
@@ -69,12 +72,13 @@ pub(super) fn strip_request_headers(headers: &mut HeaderMap) {
     }
 }
 
-/// Removes hop-by-hop headers from Twilio's response.
-pub(super) fn strip_response_headers(headers: &mut HeaderMap) {
+/// Removes hop-by-hop headers (and whatever `Connection` lists): from Twilio's responses, and
+/// from webhooks and the app's answers to them.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if lists_other_headers(headers) {
         remove_connection_listed(headers);
     }
-    for name in STRIPPED_RESPONSE_HEADERS.iter() {
+    for name in HOP_BY_HOP_HEADERS.iter() {
         headers.remove(name);
     }
 }
@@ -152,7 +156,7 @@ mod tests {
         ] {
             h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
-        strip_response_headers(&mut h);
+        strip_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["content-type", "twilio-request-id"]);
     }

@@ -28,7 +28,7 @@
 //! never crosses the sidecar.
 
 pub mod error;
-mod headers;
+pub(crate) mod headers;
 mod local;
 pub mod paging;
 mod pipeline;
@@ -296,7 +296,7 @@ impl Proxy {
 
 /// `http://{admin}/errors`, with an unspecified admin IP (`0.0.0.0`) as loopback: the pages
 /// are reachable from the sidecar's own host or pod.
-fn admin_error_pages(admin: SocketAddr) -> String {
+pub(crate) fn admin_error_pages(admin: SocketAddr) -> String {
     let ip = match admin.ip() {
         ip if ip.is_unspecified() && ip.is_ipv4() => IpAddr::from([127, 0, 0, 1]),
         ip if ip.is_unspecified() => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),

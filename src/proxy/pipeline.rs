@@ -12,7 +12,7 @@ use hyper::body::Body as _;
 use hyper::body::Incoming;
 use tracing::warn;
 
-use super::headers::{strip_request_headers, strip_response_headers};
+use super::headers::{strip_hop_by_hop, strip_request_headers};
 use super::paging::{rewrite_links, LinkBase, MAX_REWRITE_BODY};
 use super::tunnel::Tunnel;
 use super::{Proxy, Record};
@@ -270,7 +270,7 @@ impl Proxy {
         paging: Option<(RouteSource, Option<HeaderValue>)>,
         record: &mut Record<'_>,
     ) -> Respond {
-        strip_response_headers(response.headers_mut());
+        strip_hop_by_hop(response.headers_mut());
         record.twilio_request_id = response.headers().get(TWILIO_REQUEST_ID).cloned();
         if let Some((source, authority)) = paging {
             if let Some(len) = rewritable_json(&response) {

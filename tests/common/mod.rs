@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod webhook_app;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -117,6 +119,8 @@ pub struct Harness {
     pub child: Child,
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
+    /// The webhook listener, with `[webhooks]`.
+    pub webhooks: Option<SocketAddr>,
     logs: Arc<Mutex<Vec<String>>>,
 }
 
@@ -175,13 +179,15 @@ impl Harness {
                 sink.lock().unwrap().push(line);
             }
         });
-        let (mut proxy, mut admin) = (None, None);
+        let (mut proxy, mut admin, mut webhooks) = (None, None, None);
         let deadline = Instant::now() + Duration::from_secs(30);
         while proxy.is_none() || admin.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok((msg, addr)) if msg == "proxy listening" => proxy = Some(addr),
                 Ok((msg, addr)) if msg == "admin listening" => admin = Some(addr),
+                // Logged before the other two.
+                Ok((msg, addr)) if msg == "webhooks listening" => webhooks = Some(addr),
                 Ok(_) => {}
                 Err(_) => {
                     let status = child.try_wait();
@@ -198,6 +204,7 @@ impl Harness {
             child,
             proxy: proxy.unwrap(),
             admin: admin.unwrap(),
+            webhooks,
             logs,
         }
     }
@@ -233,19 +240,8 @@ impl Harness {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> RawResponse {
-        let mut req = format!("{method} {target} HTTP/1.1\r\n");
-        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
-            req.push_str(&format!("Host: {}\r\n", self.proxy));
-        }
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str(&format!(
-            "Content-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        ));
-        let mut bytes = req.into_bytes();
-        bytes.extend_from_slice(body);
+        let host = self.proxy.to_string();
+        let bytes = http1_request(method, target, &host, headers, body);
         raw_request(self.proxy, &bytes).await
     }
 
@@ -345,6 +341,31 @@ impl RawResponse {
         assert!(v["more_info"].as_str().is_some(), "{v}");
         v["code"].as_u64().expect("code")
     }
+}
+
+/// A well-formed HTTP/1.1 request (`Connection: close`), with `Host: default_host` unless
+/// `headers` has one.
+pub fn http1_request(
+    method: &str,
+    target: &str,
+    default_host: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut req = format!("{method} {target} HTTP/1.1\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("Host: {default_host}\r\n"));
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    ));
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
 }
 
 /// Sends `bytes` on a fresh connection and reads until the peer closes (or the response is
