@@ -118,6 +118,14 @@ pub const CODES: &[ErrorCode] = &[
                  retry.",
     },
     ErrorCode {
+        code: 79501,
+        status: 500,
+        meaning: "The sidecar could not sign the request's PKCV validation token \
+                  (Twilio-Client-Validation) for an account with pkcv configured; it was not \
+                  sent.",
+        remedy: "Check the sidecar's log and twilio_sidecar_pkcv_signatures_total; retry.",
+    },
+    ErrorCode {
         code: 79502,
         status: 502,
         meaning: "Twilio could not be reached: a connect, TLS (certificate verification \

@@ -763,3 +763,95 @@ async fn webhook_signatures_from_the_sdks_verify() {
         }
     }
 }
+
+/// PKCV: requests the sidecar signed, as the Twilio stand-in received them, handed to
+/// twilio-python — its `ClientValidationJwt` computes the same `rqh` for each (GET with a
+/// query, form POST, JSON POST, empty DELETE) and `from_jwt` verifies the sidecar's token
+/// with the registered public key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the SDK packages; scripts/test-all.sh installs them and runs this"]
+async fn pkcv_tokens_match_twilio_python() {
+    let fixtures = root().join("tests/fixtures/pkcv");
+    let key = std::fs::read_to_string(fixtures.join("key-a.pk8.pem")).unwrap();
+    let h = Harness::start_with(move |ctx| {
+        std::fs::write(ctx.dir.join("pkcv.pem"), &key).unwrap();
+        standard_config(ctx, "", POLICY).replacen(
+            "secret = { file = \"secret\" } }",
+            "secret = { file = \"secret\" } }\npkcv = { credential_sid = \"CR0000000000000000000000000000000a\", private_key = { file = \"pkcv.pem\" } }",
+            1,
+        )
+    })
+    .await;
+    let base = format!("/2010-04-01/Accounts/{SID}");
+    let form = "To=%2B15558675310&From=%2B15017122661&Body=Ol%C3%A1+%26+adeus";
+    let sent: Vec<RequestCase> = vec![
+        (
+            "GET",
+            format!("{base}/Messages.json?To=%2B1555&PageSize=5&DateSent%3E=2024-01-01"),
+            vec![],
+            b"",
+        ),
+        (
+            "POST",
+            format!("{base}/Messages.json"),
+            vec![("Content-Type", "application/x-www-form-urlencoded")],
+            form.as_bytes(),
+        ),
+        (
+            "POST",
+            format!("{base}/Calls/CA00000000000000000000000000000001.json"),
+            vec![("Content-Type", "application/json")],
+            br#"{"Status":"completed"}"#,
+        ),
+        (
+            "DELETE",
+            format!("{base}/Messages/SM00000000000000000000000000000001.json"),
+            vec![],
+            b"",
+        ),
+    ];
+    let mut requests = Vec::new();
+    for (method, target, headers, body) in &sent {
+        let resp = h.send(method, target, headers, body).await;
+        assert!(
+            resp.status < 300 || resp.status == 404,
+            "{method} {target}: {}",
+            resp.text()
+        );
+        let r = h.stand_in.requests().last().unwrap().clone();
+        let (path, query) = r.target.split_once('?').unwrap_or((&r.target, ""));
+        requests.push(serde_json::json!({
+            "method": r.method,
+            "path": path,
+            "query": query,
+            "authorization": r.header_values("authorization")[0],
+            "host": r.host.clone().unwrap(),
+            "body": String::from_utf8(r.body.to_vec()).unwrap(),
+            "token": r.header_values("twilio-client-validation")[0],
+        }));
+    }
+    let out = Command::new(sdk_python())
+        .arg(root().join("tests/sdk/python_pkcv.py"))
+        .env("REQUESTS", serde_json::Value::from(requests).to_string())
+        .env(
+            "PUBLIC_KEY",
+            std::fs::read_to_string(fixtures.join("key-a.pub.pem")).unwrap(),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (i, result) in results.as_array().unwrap().iter().enumerate() {
+        assert_eq!(
+            result["sdk_rqh"], result["token_claims"]["rqh"],
+            "request {i}: {result}"
+        );
+        assert_eq!(result["token_claims"]["iss"], KEY_SID);
+        assert_eq!(result["token_claims"]["sub"], SID);
+    }
+    assert_eq!(results.as_array().unwrap().len(), sent.len());
+}

@@ -178,6 +178,9 @@ impl Config {
             for source in &account.webhook_tokens {
                 files.extend(source.file().map(Path::to_path_buf));
             }
+            if let Some(pkcv) = &account.pkcv {
+                files.extend(pkcv.private_key.file().map(Path::to_path_buf));
+            }
         }
         files.extend(self.upstream.ca_file.iter().cloned());
         files.extend(self.policy.files.iter().cloned());

@@ -361,15 +361,17 @@ fn read_accounts(
         let default = s.boolean(d, "default").unwrap_or(false);
         let credential = read_credential(&mut s, d, base);
         let webhook_tokens = read_webhook_tokens(&mut s, d, base);
+        let pkcv = read_pkcv(&mut s, d, base, credential.as_ref());
         s.finish(d);
-        if let (Some(sid), Some(credential), Some(webhook_tokens), true) =
-            (sid, credential, webhook_tokens, usable)
+        if let (Some(sid), Some(credential), Some(webhook_tokens), Some(pkcv), true) =
+            (sid, credential, webhook_tokens, pkcv, usable)
         {
             accounts.push(AccountConfig {
                 sid: sid.to_string(),
                 default,
                 credential,
                 webhook_tokens,
+                pkcv,
             });
         }
     }
@@ -389,6 +391,50 @@ fn read_accounts(
     // above all) is still checked and every problem is reported at once; the errors keep the
     // config from being used.
     (d.errors.len() == before || !accounts.is_empty()).then_some(accounts)
+}
+
+/// `pkcv = { credential_sid, private_key }`, for an api_key account only (the JWT's issuer
+/// is the key SID). `Some(None)` when absent.
+fn read_pkcv(
+    account: &mut Section<'_>,
+    d: &mut Diagnostics,
+    base: &Path,
+    credential: Option<&CredentialConfig>,
+) -> Option<Option<PkcvConfig>> {
+    let Some(mut s) = account.table(d, "pkcv") else {
+        return account.get("pkcv").is_none().then_some(None);
+    };
+    let before = d.errors.len();
+    let credential_sid = s.string(d, "credential_sid");
+    match credential_sid {
+        Some(sid) if !is_sid(sid, "CR") => d.error(
+            s.key("credential_sid"),
+            format!("{sid:?} is not a public key credential SID (CR followed by 32 hex digits)"),
+        ),
+        None if s.get("credential_sid").is_none() => d.error(
+            s.key("credential_sid"),
+            "missing: the CR… SID Twilio gave the public key when you registered it",
+        ),
+        _ => {}
+    }
+    let private_key = SecretSource::parse(&mut s, d, "private_key", true, base);
+    if let Some(c) = credential.filter(|c| !matches!(c, CredentialConfig::ApiKey { .. })) {
+        d.error(
+            account.key("pkcv"),
+            format!(
+                "needs an api_key credential (the validation JWT's issuer is the API key SID); this account uses {}",
+                c.kind()
+            ),
+        );
+    }
+    s.finish(d);
+    match (credential_sid, private_key) {
+        (Some(sid), Some(private_key)) if d.errors.len() == before => Some(Some(PkcvConfig {
+            credential_sid: sid.to_string(),
+            private_key,
+        })),
+        _ => None,
+    }
 }
 
 /// `webhook_token`: one source, or a list of one or two while rotating.

@@ -93,6 +93,16 @@ pub struct AccountConfig {
     /// `webhook_token`: the Auth Token (or webhook SharedKey secret) Twilio signs this
     /// account's webhooks with; two while rotating. Empty: webhooks for it are refused.
     pub webhook_tokens: Vec<SecretSource>,
+    /// `pkcv`: Public Key Client Validation, every request signed with this key.
+    pub pkcv: Option<PkcvConfig>,
+}
+
+/// `pkcv = { credential_sid, private_key }`: the public key credential registered with
+/// Twilio (`CR…`) and the RSA 2048 private key whose public half it holds.
+#[derive(Debug, Clone)]
+pub struct PkcvConfig {
+    pub credential_sid: String,
+    pub private_key: SecretSource,
 }
 
 /// At most this many webhook tokens per account: the old and the new during a rotation.

@@ -213,7 +213,7 @@ fn the_example_config_shows_every_key_the_parser_reads() {
     );
 }
 
-fn with_webhooks(
+fn one_account(
     account_extra: &str,
     webhooks: &str,
 ) -> Result<(Config, Vec<Diagnostic>), ConfigError> {
@@ -232,7 +232,7 @@ fn with_webhooks(
 
 #[test]
 fn webhooks_read_with_defaults_and_two_tokens_while_rotating() {
-    let (c, warnings) = with_webhooks(
+    let (c, warnings) = one_account(
         r#"webhook_token = [{ file = "old" }, { env = "NEW" }]"#,
         r#"[webhooks]
         listen = "0.0.0.0:8081"
@@ -270,7 +270,7 @@ fn webhooks_read_with_defaults_and_two_tokens_while_rotating() {
 
 #[test]
 fn webhook_mistakes_are_named() {
-    let err = with_webhooks(
+    let err = one_account(
         r#"webhook_token = [{ file = "a" }, { file = "b" }, { file = "c" }]"#,
         r#"[webhooks]
         listen = "0.0.0.0:8081"
@@ -289,7 +289,7 @@ fn webhook_mistakes_are_named() {
     ] {
         assert!(err.contains(needle), "{needle:?} not in:\n{err}");
     }
-    let err = with_webhooks(
+    let err = one_account(
         "",
         r#"[webhooks]
         listen = "0.0.0.0:8081"
@@ -299,11 +299,41 @@ fn webhook_mistakes_are_named() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("no account has a webhook_token"), "{err}");
-    let (_, warnings) = with_webhooks(r#"webhook_token = { file = "t" }"#, "").unwrap();
+    let (_, warnings) = one_account(r#"webhook_token = { file = "t" }"#, "").unwrap();
     assert!(
         warnings
             .iter()
             .any(|w| w.message.contains("no [webhooks] table")),
         "{warnings:?}"
     );
+}
+
+#[test]
+fn pkcv_needs_a_cr_sid_a_key_and_an_api_key_credential() {
+    let (c, _) = one_account(
+        r#"pkcv = { credential_sid = "CR0123456789abcdef0123456789abcdef", private_key = { file = "pkcv.pem" } }"#,
+        "",
+    )
+    .unwrap();
+    let pkcv = c.accounts[0].pkcv.as_ref().unwrap();
+    assert_eq!(pkcv.private_key.file(), Some(Path::new("/etc/ts/pkcv.pem")));
+    let err = parse(&format!(
+        r#"
+        [[accounts]]
+        sid = "{SID}"
+        credential = {{ type = "auth_token", token = {{ env = "T" }} }}
+        pkcv = {{ credential_sid = "CRnope" }}
+        [policy]
+        allow = ["/2010-04-01/Accounts/{{AccountSid}}/Messages*"]
+        "#
+    ))
+    .unwrap_err()
+    .to_string();
+    for needle in [
+        "accounts[0].pkcv.credential_sid: \"CRnope\" is not a public key credential SID",
+        "accounts[0].pkcv.private_key: missing",
+        "accounts[0].pkcv: needs an api_key credential",
+    ] {
+        assert!(err.contains(needle), "{needle:?} not in:\n{err}");
+    }
 }

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::config::reader::Diagnostic;
 use crate::config::{Config, ConfigError, SecretSource};
-use crate::credentials::{Account, Credential, LoadContext, WebhookKeys};
+use crate::credentials::{Account, Credential, LoadContext, PkcvSigner, WebhookKeys};
 use crate::gate::clients::ClientKeys;
 use crate::gate::Gate;
 use crate::intercept::Intercept;
@@ -126,6 +126,18 @@ impl State {
                 .unwrap_or_default();
                 match Credential::load(account, &format!("accounts[{i}].credential"), &ctx) {
                     Ok(credential) => {
+                        let pkcv = account.pkcv.as_ref().and_then(|cfg| {
+                            let key_sid = credential.signer().map(|s| &*s.key_sid)?;
+                            PkcvSigner::load(cfg, &account.sid, key_sid)
+                                .map(Arc::new)
+                                .map_err(|e| {
+                                    problems.push(Diagnostic {
+                                        key: format!("accounts[{i}].pkcv.private_key"),
+                                        message: e.to_string(),
+                                    })
+                                })
+                                .ok()
+                        });
                         let credential_generation = old.map_or(1, |old| {
                             if old.credential.same_as(&credential) {
                                 old.credential_generation
@@ -138,6 +150,7 @@ impl State {
                             credential,
                             credential_generation,
                             webhook_keys,
+                            pkcv,
                         });
                     }
                     Err(errors) => problems.extend(errors),
@@ -208,6 +221,10 @@ impl State {
                     "default": cfg.default,
                     "credential": credential,
                     "webhook_token": cfg.webhook_tokens.iter().map(SecretSource::redacted).collect::<Vec<_>>(),
+                    "pkcv": cfg.pkcv.as_ref().map(|p| json!({
+                        "credential_sid": p.credential_sid,
+                        "private_key": p.private_key.redacted(),
+                    })),
                 })
             })
             .collect();

@@ -7,15 +7,18 @@
 //! together and stored in one value, so a request can never pair a SID from one generation with
 //! a secret from another. OAuth2 accounts attach a bearer token from their [`oauth::TokenCache`].
 //!
-//! Inbound, an account's [`WebhookKeys`] verify the webhooks Twilio signs for it.
+//! An account enforcing PKCV also signs each request ([`pkcv`]). Inbound, an account's
+//! [`WebhookKeys`] verify the webhooks Twilio signs for it.
 
 pub mod access_token;
 mod basic;
 pub mod oauth;
+pub mod pkcv;
 pub mod webhook_token;
 
 pub use access_token::Signer;
 pub use basic::BasicCredential;
+pub use pkcv::PkcvSigner;
 pub use webhook_token::{SignatureAlgorithm, WebhookKeys};
 
 use std::sync::Arc;
@@ -297,6 +300,8 @@ pub struct Account {
     pub credential_generation: u64,
     /// What verifies this account's inbound webhooks (empty: they are refused).
     pub webhook_keys: WebhookKeys,
+    /// With `pkcv`: signs every request's `Twilio-Client-Validation` JWT.
+    pub pkcv: Option<Arc<PkcvSigner>>,
 }
 
 #[cfg(test)]

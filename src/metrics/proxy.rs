@@ -71,6 +71,10 @@ pub struct ProxyMetrics {
     pub access_tokens: IntCounterVec,
     /// Grants in the Access Tokens minted, by grant.
     pub access_token_grants: IntCounterVec,
+    /// PKCV validation tokens, by account and result (signed, failed).
+    pub pkcv_signatures: IntCounterVec,
+    /// Time to sign one PKCV validation token (RSA 2048), off the serving thread.
+    pub pkcv_sign_duration: prometheus::Histogram,
 }
 
 impl ProxyMetrics {
@@ -147,6 +151,20 @@ impl ProxyMetrics {
                 ),
                 &["grant"],
             )?,
+            pkcv_signatures: IntCounterVec::new(
+                Opts::new(
+                    "pkcv_signatures_total",
+                    "Twilio-Client-Validation tokens for PKCV accounts, by account and result (signed, failed).",
+                ),
+                &["account", "result"],
+            )?,
+            pkcv_sign_duration: prometheus::Histogram::with_opts(
+                HistogramOpts::new(
+                    "pkcv_sign_duration_seconds",
+                    "Time to sign one PKCV validation token (RSA 2048).",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )?,
             leaf_certificates_issued: IntCounter::new(
                 "tunnel_leaf_certificates_issued_total",
                 "Leaf certificates issued by the local CA for tunnels (one per host, renewed at half its life).",
@@ -167,6 +185,8 @@ impl ProxyMetrics {
         registry.register(Box::new(self.leaf_certificates_issued.clone()))?;
         registry.register(Box::new(self.access_tokens.clone()))?;
         registry.register(Box::new(self.access_token_grants.clone()))?;
+        registry.register(Box::new(self.pkcv_signatures.clone()))?;
+        registry.register(Box::new(self.pkcv_sign_duration.clone()))?;
         Ok(())
     }
 

@@ -37,6 +37,9 @@ pub enum ProxyError {
     /// The Access Token policy refused what was asked for.
     #[error("the access token was refused by the twilio-sidecar policy: {0}")]
     TokenRefused(String),
+    /// Signing the PKCV validation token failed.
+    #[error("twilio-sidecar could not sign the request for PKCV: {0}")]
+    SigningFailed(String),
     /// The sidecar could not make the certificate a tunnel needs.
     #[error("twilio-sidecar could not open the tunnel: {0}")]
     TunnelFailed(String),
@@ -73,7 +76,9 @@ impl ProxyError {
         match self {
             ProxyError::Refused(refusal) => refusal.status(),
             ProxyError::TunnelUnauthenticated(_) => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
-            ProxyError::TunnelFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::TunnelFailed(_) | ProxyError::SigningFailed(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             ProxyError::LocalNotFound(_) => StatusCode::NOT_FOUND,
             ProxyError::BadTokenRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::TokenRefused(_) => StatusCode::FORBIDDEN,
@@ -92,6 +97,7 @@ impl ProxyError {
             ProxyError::Refused(refusal) => refusal.code(),
             ProxyError::TunnelUnauthenticated(_) => 20003,
             ProxyError::TunnelFailed(_) => 79500,
+            ProxyError::SigningFailed(_) => 79501,
             ProxyError::LocalNotFound(_) => 79406,
             ProxyError::BadTokenRequest(_) => 79420,
             ProxyError::TokenRefused(_) => 70051,
@@ -193,6 +199,7 @@ mod tests {
             ProxyError::from(Refusal::BadTarget(String::new())),
             ProxyError::BadBody(String::new()),
             ProxyError::TunnelFailed(String::new()),
+            ProxyError::SigningFailed(String::new()),
             ProxyError::LocalNotFound(String::new()),
             ProxyError::BadTokenRequest(String::new()),
             ProxyError::from(Refusal::HostNotAllowed(String::new())),

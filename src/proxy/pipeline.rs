@@ -2,6 +2,8 @@
 //! state snapshot. Each says what it may change and when it short-circuits; a phase that
 //! refuses returns a [`ProxyError`] and nothing after it runs.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::header;
 use http::request::Parts;
@@ -17,7 +19,8 @@ use super::paging::{rewrite_links, LinkBase, MAX_REWRITE_BODY};
 use super::tunnel::Tunnel;
 use super::{Proxy, Record};
 use crate::control::state::State;
-use crate::credentials::{Account, Attached};
+use crate::credentials::pkcv::{request_hash, TWILIO_CLIENT_VALIDATION};
+use crate::credentials::{Account, Attached, PkcvSigner};
 use crate::gate::clients::{AuthFailure, Caller};
 use crate::gate::policy::Verdict;
 use crate::gate::route::{HostId, Hosts, RouteSource};
@@ -78,12 +81,21 @@ impl Proxy {
         }
         let attached = self.credential(account, record.account).await?;
         upstream_head(state, &mut parts, &target, &attached)?;
-        let (body, replayable_size) = upstream_body(state, body, &attached).await?;
+        let pkcv = account.pkcv.as_ref();
+        let (body, buffered) = upstream_body(state, body, &attached, pkcv.is_some()).await?;
+        if let (Some(signer), Some(body)) = (pkcv, &buffered) {
+            // Boxed: RSA signing is for PKCV accounts only; it must not enlarge every
+            // request's future. (Their credential is an API key, so the 401 replay below,
+            // for bearer tokens, never applies to them.)
+            Box::pin(self.sign_pkcv(signer, &mut parts, body, record.account)).await?;
+        }
         let req = Request::from_parts(parts, body);
         // A bearer request keeps a copy to send again if Twilio rejects the token.
-        let replay = (attached.bearer.is_some() && replayable_size)
-            .then(|| replayable(&req))
-            .flatten();
+        let replay_limit = state.config.oauth.replay_body_limit;
+        let replay = (attached.bearer.is_some()
+            && buffered.is_some_and(|b| b.len() as u64 <= replay_limit))
+        .then(|| replayable(&req))
+        .flatten();
 
         // Phase 7 — **upstream call**, and the replay after a 401 to a bearer token.
         let mut response = self.exchange(state, record.host, req).await?;
@@ -209,6 +221,66 @@ impl Proxy {
                 .inc();
             ProxyError::NoCredential(e.0)
         })
+    }
+
+    /// Phase 6 — **upstream request**, for PKCV accounts: `Twilio-Client-Validation`, a JWT
+    /// over the request exactly as it will be sent (method, path, query, the attached
+    /// `Authorization`, the Twilio host, the body). The RSA signature runs on the blocking
+    /// pool: a millisecond of CPU would otherwise stall every connection on this thread.
+    /// Short-circuits with 500 (79501) if signing fails.
+    async fn sign_pkcv(
+        &self,
+        signer: &Arc<PkcvSigner>,
+        parts: &mut Parts,
+        body: &Bytes,
+        account: &str,
+    ) -> Result<(), ProxyError> {
+        let authorization = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .map_or(&b""[..], HeaderValue::as_bytes);
+        let rqh = request_hash(
+            parts.method.as_str(),
+            parts.uri.path(),
+            parts.uri.query().unwrap_or(""),
+            authorization,
+            parts.uri.host().unwrap_or(""),
+            body,
+        );
+        let signer = signer.clone();
+        let started = std::time::Instant::now();
+        let signed =
+            tokio::task::spawn_blocking(move || signer.sign(&rqh, std::time::SystemTime::now()))
+                .await;
+        let metrics = &self.metrics.proxy;
+        metrics
+            .pkcv_sign_duration
+            .observe(started.elapsed().as_secs_f64());
+        match signed {
+            Ok(Ok(token)) => {
+                metrics
+                    .pkcv_signatures
+                    .with_label_values(&[account, "signed"])
+                    .inc();
+                parts
+                    .headers
+                    .insert(TWILIO_CLIENT_VALIDATION.clone(), token);
+                Ok(())
+            }
+            failed => {
+                metrics
+                    .pkcv_signatures
+                    .with_label_values(&[account, "failed"])
+                    .inc();
+                let reason = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                    Ok(Ok(_)) => String::new(),
+                };
+                warn!(account, error = %reason, "PKCV signing failed; request not sent");
+                Err(ProxyError::SigningFailed(reason))
+            }
+        }
     }
 
     /// Phase 7 — **upstream call**, after Twilio answered 401: a bearer token it rejected is
@@ -400,25 +472,28 @@ fn upstream_head(
 /// Phase 6 — **upstream request**, its body: it never exceeds `limits.max_request_body` on
 /// its way to Twilio (413 otherwise). One of unknown length (chunked) is read first, bounded;
 /// a small one is buffered too, so the request can be sent again — after a 401 with a bearer
-/// token, or when Twilio's HTTP/2 edge refuses the stream unprocessed. Larger bodies stream
-/// through untouched. Also says whether the body is small enough to replay.
+/// token, or when Twilio's HTTP/2 edge refuses the stream unprocessed — and a PKCV account's
+/// always, since its hash is signed. Larger bodies stream through untouched. Returns the
+/// buffered bytes too, when they were buffered.
 async fn upstream_body(
     state: &State,
     body: Incoming,
     attached: &Attached,
-) -> Result<(RequestBody, bool), ProxyError> {
+    whole: bool,
+) -> Result<(RequestBody, Option<Bytes>), ProxyError> {
     let max = state.config.limits.max_request_body;
     let replay_limit = state.config.oauth.replay_body_limit;
     let known = body.size_hint().upper();
     let limited = Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX));
-    let buffer = match known {
-        None => true,
-        // Nothing to hold, except that a bearer request's 401 replay is built from it.
-        Some(0) => attached.bearer.is_some(),
-        Some(n) => n <= replay_limit,
-    };
+    let buffer = whole
+        || match known {
+            None => true,
+            // Nothing to hold, except that a bearer request's 401 replay is built from it.
+            Some(0) => attached.bearer.is_some(),
+            Some(n) => n <= replay_limit,
+        };
     if !buffer {
-        return Ok((Either::Left(limited), false));
+        return Ok((Either::Left(limited), None));
     }
     let bytes = limited
         .collect()
@@ -431,8 +506,7 @@ async fn upstream_body(
             }
         })?
         .to_bytes();
-    let size = bytes.len() as u64;
-    Ok((Either::Right(Full::new(bytes)), size <= replay_limit))
+    Ok((Either::Right(Full::new(bytes.clone())), Some(bytes)))
 }
 
 /// The length of a response whose paging links may be rewritten: a successful, uncompressed

@@ -343,6 +343,9 @@ impl RawResponse {
     }
 }
 
+/// A request to send: method, target, headers, body.
+pub type RequestCase<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, &'a [u8]);
+
 /// A well-formed HTTP/1.1 request (`Connection: close`), with `Host: default_host` unless
 /// `headers` has one.
 pub fn http1_request(
