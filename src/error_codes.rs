@@ -87,6 +87,15 @@ pub const CODES: &[ErrorCode] = &[
                  (twilio_sidecar_upstream_duration_seconds) or raise limits.request_timeout.",
     },
     ErrorCode {
+        code: 79410,
+        status: 400,
+        meaning: "A rule with parameter conditions applies, and the request's parameters \
+                  cannot be read one way only: invalid percent-encoding or non-UTF-8 text in \
+                  the query or form body, or a raw ';' (which some servers split on).",
+        remedy: "Encode the parameters as the Twilio SDKs do (application/x-www-form-urlencoded, \
+                 UTF-8, ';' as %3B).",
+    },
+    ErrorCode {
         code: 79413,
         status: 413,
         meaning: "The request body is larger than limits.max_request_body; it never reached \

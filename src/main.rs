@@ -63,6 +63,10 @@ enum Command {
         /// Explain the request as this [[clients]] entry makes it.
         #[arg(long)]
         client: Option<String>,
+        /// A request parameter, decoded (`--param To=+15558675310`), for rules with
+        /// parameter conditions; repeat for more. The URL's query counts too.
+        #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
+        params: Vec<(String, String)>,
     },
     /// Transparent mode's local CA.
     Ca {
@@ -106,11 +110,13 @@ fn main() -> ExitCode {
             method,
             url,
             client,
+            params,
         } => finish(commands::check_as(
             &config,
             &method,
             &url,
             client.as_deref(),
+            &params,
         )),
         Command::ClientKey { id } => finish(commands::client_key(id.as_deref())),
         Command::Ca {
@@ -240,5 +246,13 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
         async {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+/// `NAME=VALUE` for `check --param`.
+fn parse_param(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("{s:?} is not NAME=VALUE")),
     }
 }

@@ -166,6 +166,68 @@ fn check_explains_decisions_with_exit_codes() {
 }
 
 #[test]
+fn check_takes_parameters_for_rules_with_conditions() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("key_sid"), KEY_SID).unwrap();
+    std::fs::write(dir.path().join("secret"), SECRET).unwrap();
+    let ctx = Ctx {
+        dir: dir.path().to_path_buf(),
+        stand_in: "127.0.0.1:9".parse().unwrap(),
+    };
+    let text = standard_config(
+        &ctx,
+        "",
+        r#"
+[policy]
+allow = [{ rule = "POST /2010-04-01/Accounts/{AccountSid}/Messages.json", params = { To = ["+1*"] } }]
+"#,
+    )
+    .replace("ca_file = \"ca.pem\"\n", "");
+    let config = write(dir.path(), "sidecar.toml", &text);
+    let url = format!("/2010-04-01/Accounts/{SID}/Messages.json");
+    let run = |args: &[&str]| {
+        let out = sidecar_command()
+            .args(["check", "--config"])
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, text) = run(&[
+        "POST",
+        &url,
+        "--param",
+        "To=+15558675310",
+        "--param",
+        "Body=hi",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("params:   To, Body"), "{text}");
+    assert!(text.contains("where To in [+1*]"), "{text}");
+    assert!(
+        !text.contains("5558675310"),
+        "values are not echoed: {text}"
+    );
+
+    let (code, text) = run(&["POST", &url, "--param", "To=+8821234567"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("parameter To is not one of [+1*]"), "{text}");
+    let (code, text) = run(&["POST", &url]);
+    assert_eq!(code, Some(1), "an absent To is empty: {text}");
+    // The URL's query counts as well.
+    let (code, text) = run(&["POST", &format!("{url}?To=%2B15558675310")]);
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = run(&["POST", &url, "--param", "nonsense"]);
+    assert_eq!(code, Some(2), "{text}");
+}
+
+#[test]
 fn validate_reports_everything_and_exits_accordingly() {
     let dir = tempfile::tempdir().unwrap();
     let config = good_config(dir.path());

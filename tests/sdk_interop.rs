@@ -855,3 +855,50 @@ async fn pkcv_tokens_match_twilio_python() {
     }
     assert_eq!(results.as_array().unwrap().len(), sent.len());
 }
+
+/// twilio-python against parameter conditions (the example anti-fraud policy's shape):
+/// allowed destinations and callbacks go through, others are refused as Twilio would refuse a
+/// restricted key, and only the allowed requests reach Twilio.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the SDK packages; scripts/test-all.sh installs them and runs this"]
+async fn official_sdk_meets_parameter_conditions() {
+    const SERVICE: &str = "MG00000000000000000000000000000001";
+    let h = Harness::start_with(|ctx| {
+        standard_config(
+            ctx,
+            "",
+            r#"
+[policy]
+allow = [
+  { rule = "POST /2010-04-01/Accounts/{AccountSid}/Messages.json", params = { To = ["+1*", "+44*"], MessagingServiceSid = ["MG*"], From = [""], StatusCallback = ["", "https://hooks.example.com/twilio/*"] } },
+]
+"#,
+        )
+    })
+    .await;
+    let out = run_script(
+        &sdk_python(),
+        &root().join("tests/sdk/python_conditions.py"),
+        h.proxy,
+        &[("ACCOUNT_SID", SID), ("SERVICE_SID", SERVICE)],
+    );
+    eprintln!("{out}");
+    assert_eq!(out["allowed"], "sent", "{out}");
+    assert_eq!(out["own_callback"], "sent", "{out}");
+    for refused in ["abroad", "callback"] {
+        assert_eq!(out[refused]["status"], 403, "{refused}: {out}");
+        assert_eq!(out[refused]["code"], 70051, "{refused}: {out}");
+    }
+    assert!(
+        out["abroad"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("parameter To"),
+        "{out}"
+    );
+    let seen = h.stand_in.requests();
+    assert_eq!(seen.len(), 2, "only the allowed messages reached Twilio");
+    assert!(seen
+        .iter()
+        .all(|r| String::from_utf8_lossy(&r.body).contains("MessagingServiceSid=MG")));
+}

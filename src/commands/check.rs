@@ -12,6 +12,7 @@ use crate::config::hosts::is_twilio_name;
 use crate::config::{Config, CredentialConfig, SecretSource, EXIT_CONFIG};
 use crate::gate::catalogue;
 use crate::gate::clients::{AuthFailure, Caller};
+use crate::gate::params::{BodyView, Params};
 use crate::gate::policy::Verdict;
 use crate::gate::request_path::CanonicalPath;
 use crate::gate::route::RouteSource;
@@ -27,16 +28,17 @@ pub const CHECK_INVALID: i32 = 2;
 /// Returns the report and the exit code (0 allowed, 1 denied or refused, 2 invalid input,
 /// 64 bad config).
 pub fn check(config_path: &Path, method: &str, url: &str) -> (String, i32) {
-    check_as(config_path, method, url, None)
+    check_as(config_path, method, url, None, &[])
 }
 
-/// [`check`] for a request from the client `client` (`--client ID`); `None`: one without
-/// client credentials.
+/// [`check`] for a request from the client `client` (`--client ID`; `None`: one without
+/// client credentials) with these parameters (`--param`, decoded) besides its URL's query.
 pub fn check_as(
     config_path: &Path,
     method: &str,
     url: &str,
     client: Option<&str>,
+    given: &[(String, String)],
 ) -> (String, i32) {
     let config = match Config::load(config_path) {
         Ok((config, _)) => config,
@@ -88,8 +90,29 @@ pub fn check_as(
             return (out, CHECK_DENIED);
         }
     }
+    // The URL's query and the --param pairs, as the proxy reads a request's parameters.
+    let params = match Params::read(
+        parts.uri.query(),
+        &http::HeaderMap::new(),
+        BodyView::Bytes(b""),
+    ) {
+        Ok(Params::Read(mut pairs)) => {
+            pairs.extend(
+                given
+                    .iter()
+                    .map(|(n, v)| (n.as_str().into(), v.as_str().into())),
+            );
+            Params::Read(pairs)
+        }
+        Ok(other) => other,
+        Err(e) => return (format!("invalid input: {e}"), CHECK_INVALID),
+    };
+    if !given.is_empty() {
+        let names: Vec<&str> = given.iter().map(|(n, _)| n.as_str()).collect();
+        let _ = writeln!(out, "params:   {}", names.join(", "));
+    }
     let mut trace = Trace::default();
-    let result = gate.admit_as(&parts, caller, None, &mut trace);
+    let result = gate.admit_with(&parts, caller, None, Some(&params), &mut trace);
     let hosts = &gate.router.hosts;
     let policy = gate.policy_for(caller);
     if let Some(host) = trace.host {
@@ -122,11 +145,17 @@ pub fn check_as(
     }
     if let Some(decision) = trace.decision {
         let rule = match decision.verdict {
-            Verdict::Allow { rule } | Verdict::Deny { rule } => format!(
+            Verdict::Allow { rule } | Verdict::Deny { rule, .. } => format!(
                 "{} rule {:?} ({})",
                 policy.rules()[rule as usize].effect.as_str(),
                 policy.rule_label(decision.verdict),
                 gate.rule_origin_for(caller, rule as usize)
+            ),
+            Verdict::Unmet { rule, .. } => format!(
+                "allow rule {:?} ({}) matches the path, not the parameters: {}",
+                policy.rule_label(decision.verdict),
+                gate.rule_origin_for(caller, rule as usize),
+                policy.denial_reason(decision.verdict)
             ),
             Verdict::NoMatch => "no allow rule matches (default deny)".to_string(),
         };

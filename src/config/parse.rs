@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::hosts::{check_allowed_hosts, TWILIO_PRODUCT_HOSTS};
-use super::reader::{Diagnostics, Section};
+use super::reader::{self, Diagnostics, Section};
 use super::secret::SecretSource;
 use super::settings::*;
 use super::{Config, DEFAULT_ADMIN, DEFAULT_LISTEN};
@@ -574,8 +574,9 @@ fn read_policy(root: &mut Section<'_>, d: &mut Diagnostics, base: &Path) -> Opti
     };
     let before = d.errors.len();
     let mode = read_mode(&mut s, d).unwrap_or(Mode::Enforce);
-    let allow = s.strings(d, "allow").unwrap_or_default();
-    let deny = s.strings(d, "deny").unwrap_or_default();
+    let allow = read_rules(&mut s, d, "allow");
+    let deny = read_rules(&mut s, d, "deny");
+    let max_inspected_body = s.size(d, "max_inspected_body").unwrap_or(64 * 1024);
     let files: Vec<PathBuf> = s
         .strings(d, "files")
         .unwrap_or_default()
@@ -602,13 +603,80 @@ fn read_policy(root: &mut Section<'_>, d: &mut Diagnostics, base: &Path) -> Opti
         );
     }
     s.finish(d);
-    (d.errors.len() == before).then(|| PolicyConfig {
+    (d.errors.len() == before).then_some(PolicyConfig {
         mode,
-        allow: allow.into_iter().map(String::from).collect(),
-        deny: deny.into_iter().map(String::from).collect(),
+        allow,
+        deny,
+        max_inspected_body,
         files,
         anonymous,
     })
+}
+
+/// A list of rules (`allow`, `deny`): each a string, or a table `{ rule = "…", params =
+/// { Name = ["glob", …] } }`. Every bad entry is reported; the good ones are returned.
+fn read_rules<'a>(s: &mut Section<'a>, d: &mut Diagnostics, key: &'a str) -> Vec<RuleSpec> {
+    let Some(value) = s.get(key) else {
+        return Vec::new();
+    };
+    let Some(items) = value.as_array() else {
+        d.error(
+            s.key(key),
+            format!(
+                "expected a list of rules, found {}",
+                reader::describe(value)
+            ),
+        );
+        return Vec::new();
+    };
+    let mut rules = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let at = format!("{}[{i}]", s.key(key));
+        if let Some(text) = item.as_str() {
+            rules.push(RuleSpec::from(text));
+            continue;
+        }
+        let Some(table) = item.as_table() else {
+            d.error(
+                at,
+                format!(
+                    "expected a string, or a table {{ rule = \"…\", params = {{ … }} }}, found {}",
+                    reader::describe(item)
+                ),
+            );
+            continue;
+        };
+        let mut t = Section::new(at.clone(), table);
+        let rule = t.string(d, "rule");
+        if rule.is_none() && t.get("rule").is_none() {
+            d.error(
+                t.key("rule"),
+                "missing: the rule text, [METHODS] [HOST]PATTERN",
+            );
+        }
+        let mut params = Vec::new();
+        if let Some(mut p) = t.table(d, "params") {
+            let names: Vec<&String> = table
+                .get("params")
+                .and_then(|v| v.as_table())
+                .map(|t| t.keys().collect())
+                .unwrap_or_default();
+            for name in names {
+                if let Some(globs) = p.strings(d, name) {
+                    params.push((name.clone(), globs.into_iter().map(String::from).collect()));
+                }
+            }
+            p.finish(d);
+        }
+        t.finish(d);
+        if let Some(rule) = rule {
+            rules.push(RuleSpec {
+                rule: rule.to_string(),
+                params,
+            });
+        }
+    }
+    rules
 }
 
 /// `mode = "enforce" | "audit"`, if given.
@@ -725,8 +793,8 @@ fn read_clients(
             Some(mut t) => read_access_tokens(&mut t, d, configured),
             None => None,
         };
-        let allow = s.strings(d, "allow").unwrap_or_default();
-        let deny = s.strings(d, "deny").unwrap_or_default();
+        let allow = read_rules(&mut s, d, "allow");
+        let deny = read_rules(&mut s, d, "deny");
         let files: Vec<PathBuf> = s
             .strings(d, "files")
             .unwrap_or_default()
@@ -746,8 +814,8 @@ fn read_clients(
                 secret,
                 accounts,
                 mode,
-                allow: allow.into_iter().map(String::from).collect(),
-                deny: deny.into_iter().map(String::from).collect(),
+                allow,
+                deny,
                 files,
                 access_tokens,
             });

@@ -237,12 +237,66 @@ impl CredentialConfig {
     }
 }
 
+/// One policy rule as written: the `[METHODS] [HOST]PATTERN` text and, in the table form
+/// `{ rule = "…", params = { To = ["+1*"] } }`, conditions on its parameters.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(from = "RuleForm")]
+pub struct RuleSpec {
+    pub rule: String,
+    /// Parameter name and the globs (`*`: any run of characters) its every value must match,
+    /// in the order written.
+    pub params: Vec<(String, Vec<String>)>,
+}
+
+impl From<&str> for RuleSpec {
+    fn from(rule: &str) -> RuleSpec {
+        RuleSpec {
+            rule: rule.to_string(),
+            params: Vec::new(),
+        }
+    }
+}
+
+/// The two ways a rule is written in a policy document (JSON).
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum RuleForm {
+    Text(String),
+    Table(RuleTable),
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleTable {
+    rule: String,
+    #[serde(default)]
+    params: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl From<RuleForm> for RuleSpec {
+    fn from(form: RuleForm) -> RuleSpec {
+        match form {
+            RuleForm::Text(rule) => RuleSpec {
+                rule,
+                params: Vec::new(),
+            },
+            RuleForm::Table(t) => RuleSpec {
+                rule: t.rule,
+                params: t.params.into_iter().collect(),
+            },
+        }
+    }
+}
+
 /// `[policy]`.
 #[derive(Debug, Clone)]
 pub struct PolicyConfig {
     pub mode: Mode,
-    pub allow: Vec<String>,
-    pub deny: Vec<String>,
+    pub allow: Vec<RuleSpec>,
+    pub deny: Vec<RuleSpec>,
+    /// Rules with parameter conditions read bodies up to this size; a larger one does not
+    /// satisfy an allow rule's conditions (and does satisfy a deny rule's).
+    pub max_inspected_body: u64,
     /// JSON documents `{"allow": [...], "deny": [...]}` whose rules are added.
     pub files: Vec<PathBuf>,
     /// With `[[clients]]`: serve requests without client credentials under these rules
@@ -302,8 +356,8 @@ pub struct ClientConfig {
     pub accounts: Option<Vec<String>>,
     /// Overrides `policy.mode` for this client.
     pub mode: Option<Mode>,
-    pub allow: Vec<String>,
-    pub deny: Vec<String>,
+    pub allow: Vec<RuleSpec>,
+    pub deny: Vec<RuleSpec>,
     pub files: Vec<PathBuf>,
     /// Replaces `[access_tokens]` for this client's token requests.
     pub access_tokens: Option<AccessTokenPolicy>,

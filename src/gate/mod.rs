@@ -5,6 +5,8 @@
 pub mod catalogue;
 pub mod clients;
 pub mod form;
+pub mod glob;
+pub mod params;
 pub mod policy;
 mod refusal;
 pub mod request_path;
@@ -15,9 +17,10 @@ use std::path::Path;
 use http::request::Parts;
 
 use crate::config::reader::Diagnostic;
-use crate::config::Config;
 use crate::config::Mode;
+use crate::config::{Config, RuleSpec};
 use crate::gate::clients::{Caller, ClientPolicy};
+use crate::gate::params::Params;
 use crate::gate::policy::{Decision, Policy, Verdict};
 use crate::gate::request_path::CanonicalPath;
 use crate::gate::route::{HostId, Hosts, Route, RouteSource, Router};
@@ -66,9 +69,9 @@ pub struct Trace {
 #[serde(deny_unknown_fields)]
 struct PolicyDocument {
     #[serde(default)]
-    allow: Vec<String>,
+    allow: Vec<RuleSpec>,
     #[serde(default)]
-    deny: Vec<String>,
+    deny: Vec<RuleSpec>,
 }
 
 impl Gate {
@@ -165,6 +168,20 @@ impl Gate {
         tunnel: Option<HostId>,
         trace: &mut Trace,
     ) -> Result<Admission<'r>, Refusal> {
+        self.admit_with(parts, caller, tunnel, None, trace)
+    }
+
+    /// [`Gate::admit_as`] with the request's parameters, for rules with conditions. Without
+    /// them, a decision such rules could change comes back `pending` (not refused), and the
+    /// caller reads the parameters and asks again with them.
+    pub fn admit_with<'r>(
+        &self,
+        parts: &'r Parts,
+        caller: Caller,
+        tunnel: Option<HostId>,
+        params: Option<&Params<'_>>,
+        trace: &mut Trace,
+    ) -> Result<Admission<'r>, Refusal> {
         // Phase 1: route.
         let route = self.router.route_in(parts, tunnel)?;
         trace.host = Some(route.host);
@@ -182,9 +199,14 @@ impl Gate {
             Caller::Anonymous => None,
         };
         let policy = client.map_or(&self.policy, |c| &c.policy);
-        let decision = policy.decide(&parts.method, route.host, segments.as_slice());
+        let decision = match params {
+            Some(params) => {
+                policy.decide_with(&parts.method, route.host, segments.as_slice(), params)
+            }
+            None => policy.decide(&parts.method, route.host, segments.as_slice()),
+        };
         trace.decision = Some(decision);
-        if !decision.forward {
+        if !decision.forward && !decision.pending {
             return Err(Refusal::Denied {
                 method: parts.method.clone(),
                 host: self.router.hosts.name(route.host).to_string(),
@@ -309,16 +331,16 @@ impl Gate {
 
 /// Rules with where each came from (config key or policy file), allow and deny apart.
 struct Gathered {
-    allow: Vec<(String, String)>,
-    deny: Vec<(String, String)>,
+    allow: Vec<(String, RuleSpec)>,
+    deny: Vec<(String, RuleSpec)>,
 }
 
 /// The rules of `key` (`policy`, `clients[0]`): its `allow` and `deny` lists, then its
 /// policy documents' (a document that cannot be read is a problem).
 fn gather_rules(
     key: &str,
-    allow: &[String],
-    deny: &[String],
+    allow: &[RuleSpec],
+    deny: &[RuleSpec],
     files: &[std::path::PathBuf],
     problems: &mut Vec<Diagnostic>,
 ) -> Gathered {
@@ -373,11 +395,11 @@ fn compile(
     sids: &[Box<str>],
     problems: &mut Vec<Diagnostic>,
 ) -> Option<(Policy, Vec<String>)> {
-    let ordered: Vec<&(String, String)> = rules.allow.iter().chain(rules.deny.iter()).collect();
-    match Policy::compile(
+    let ordered: Vec<&(String, RuleSpec)> = rules.allow.iter().chain(rules.deny.iter()).collect();
+    match Policy::compile_specs(
         mode,
-        rules.allow.iter().map(|(_, r)| r.as_str()),
-        rules.deny.iter().map(|(_, r)| r.as_str()),
+        rules.allow.iter().map(|(_, r)| r),
+        rules.deny.iter().map(|(_, r)| r),
         hosts,
         sids.iter().map(|s| &**s),
     ) {

@@ -38,6 +38,10 @@ pub enum Refusal {
     /// Bad or ambiguous request target / Host.
     #[error("the request target was refused: {0}")]
     BadTarget(String),
+    /// The parameters a rule's conditions check cannot be read one way only: invalid
+    /// percent-encoding, text that is not UTF-8, a raw `;`.
+    #[error("the request's parameters are malformed: {0}")]
+    BadParams(String),
     /// The request names a host outside `upstream.allowed_hosts`.
     #[error("{0}")]
     HostNotAllowed(String),
@@ -67,7 +71,9 @@ impl Refusal {
             | Refusal::UnknownAccount(_)
             | Refusal::AccountNotAllowed { .. } => StatusCode::FORBIDDEN,
             Refusal::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            Refusal::NonCanonicalPath(_) | Refusal::BadTarget(_) => StatusCode::BAD_REQUEST,
+            Refusal::NonCanonicalPath(_) | Refusal::BadTarget(_) | Refusal::BadParams(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Refusal::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
@@ -82,6 +88,7 @@ impl Refusal {
             Refusal::Unauthenticated(_) => 20003,
             Refusal::NonCanonicalPath(_) => 79400,
             Refusal::BadTarget(_) => 79401,
+            Refusal::BadParams(_) => 79410,
             Refusal::HostNotAllowed(_) => 79403,
             Refusal::UnknownAccount(_) => 79404,
             Refusal::MethodNotAllowed(_) => 79405,

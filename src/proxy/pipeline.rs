@@ -22,6 +22,7 @@ use crate::control::state::State;
 use crate::credentials::pkcv::{request_hash, TWILIO_CLIENT_VALIDATION};
 use crate::credentials::{Account, Attached, PkcvSigner};
 use crate::gate::clients::{AuthFailure, Caller};
+use crate::gate::params::{BodyView, Params};
 use crate::gate::policy::Verdict;
 use crate::gate::route::{HostId, Hosts, RouteSource};
 use crate::gate::{Admission, Gate, Refusal, Trace};
@@ -43,6 +44,9 @@ enum Respond {
 
 struct Target {
     host: HostId,
+    /// Rules with parameter conditions may still change the decision: the parameters must be
+    /// read ([`Proxy::settle`]) before anything is forwarded.
+    pending: bool,
     /// The original bytes, minus a stripped host prefix.
     path_and_query: PathAndQuery,
     /// For a GET that may come back as a page of a list: how the request reached the sidecar
@@ -79,6 +83,13 @@ impl Proxy {
         if body.size_hint().lower() > max {
             return Err(ProxyError::BodyTooLarge(max));
         }
+        let body = if target.pending {
+            // Boxed: only requests that rules with parameter conditions apply to read their
+            // parameters; the rest keep a small future.
+            Box::pin(self.settle(state, &parts, caller, tunnel, body, record)).await?
+        } else {
+            AppBody::Streaming(body)
+        };
         let attached = self.credential(account, record.account).await?;
         upstream_head(state, &mut parts, &target, &attached)?;
         let pkcv = account.pkcv.as_ref();
@@ -171,25 +182,69 @@ impl Proxy {
         record: &mut Record<'s>,
     ) -> Result<Target, Refusal> {
         let mut trace = Trace::default();
-        let pinned = match tunnel {
-            // The tunnel's host as this generation knows it (a reload may have removed it).
-            Some(t) => Some(state.gate.router.hosts.lookup(&t.host).ok_or_else(|| {
-                Refusal::HostNotAllowed(format!(
-                    "host {} is no longer in the sidecar's upstream.allowed_hosts",
-                    t.host
-                ))
-            })?),
-            None => None,
-        };
+        let pinned = pinned_host(state, tunnel)?;
         let admitted = state.gate.admit_as(parts, caller, pinned, &mut trace);
+        let admission = self.note_admission(state, parts, caller, admitted, &trace, record)?;
+        target(&state.gate.router.hosts, parts, &admission)
+    }
+
+    /// Phase 3, continued — **parameters**, for a request whose decision rules with parameter
+    /// conditions could change: its query and body ([`crate::gate::params`]) are read —
+    /// the body up to `policy.max_inspected_body` (a larger one cannot satisfy an allow
+    /// rule's conditions), within `limits.max_request_body` — and phases 1–4 decided again
+    /// with them. Changes nothing; the body read is what is forwarded, byte for byte.
+    /// Short-circuits with 400 (79410) for malformed parameters, 413 over the body limit, or
+    /// the policy's refusal.
+    async fn settle<'s>(
+        &self,
+        state: &'s State,
+        parts: &Parts,
+        caller: Caller,
+        tunnel: Option<&Tunnel>,
+        body: Incoming,
+        record: &mut Record<'s>,
+    ) -> Result<AppBody, ProxyError> {
+        let inspect = state.config.policy.max_inspected_body;
+        let max = state.config.limits.max_request_body;
+        let body = if body.size_hint().lower() > inspect {
+            AppBody::Streaming(body)
+        } else {
+            AppBody::Read(read_body(body, max).await?)
+        };
+        let view = match &body {
+            AppBody::Read(bytes) if bytes.len() as u64 <= inspect => BodyView::Bytes(bytes),
+            _ => BodyView::TooLarge,
+        };
+        let params = Params::read(parts.uri.query(), &parts.headers, view)
+            .map_err(|e| Refusal::BadParams(e.to_string()))?;
+        let mut trace = Trace::default();
+        let pinned = pinned_host(state, tunnel)?;
+        let admitted = state
+            .gate
+            .admit_with(parts, caller, pinned, Some(&params), &mut trace);
+        self.note_admission(state, parts, caller, admitted, &trace, record)?;
+        Ok(body)
+    }
+
+    /// Records how far a request got in phases 1–4 and the rule that decided (counted once
+    /// the decision is final), and passes the admission on.
+    fn note_admission<'s, 'r>(
+        &self,
+        state: &'s State,
+        parts: &Parts,
+        caller: Caller,
+        admitted: Result<Admission<'r>, Refusal>,
+        trace: &Trace,
+        record: &mut Record<'s>,
+    ) -> Result<Admission<'r>, Refusal> {
         let hosts = &state.gate.router.hosts;
         record.host = trace.host.map_or("-", |h| hosts.name(h));
         record.path_offset = trace.path_offset;
-        record.decision = Gate::outcome_label(&admitted, &trace);
-        if let Some(decision) = trace.decision {
+        record.decision = Gate::outcome_label(&admitted, trace);
+        if let Some(decision) = trace.decision.filter(|d| !d.pending) {
             let policy = state.gate.policy_for(caller);
             record.rule = policy.rule_label(decision.verdict);
-            if let Verdict::Allow { rule } | Verdict::Deny { rule } = decision.verdict {
+            if let Verdict::Allow { rule } | Verdict::Deny { rule, .. } = decision.verdict {
                 let effect = policy.rules()[rule as usize].effect.as_str();
                 self.metrics.proxy.rule_hit(effect, record.rule);
             }
@@ -197,7 +252,7 @@ impl Proxy {
         let admission = admitted?;
         record.account_index = admission.account;
         record.account = &state.accounts[admission.account].sid;
-        if Gate::is_audit_only(&admission.decision) {
+        if !admission.decision.pending && Gate::is_audit_only(&admission.decision) {
             warn!(
                 method = %parts.method,
                 host = record.host,
@@ -206,7 +261,7 @@ impl Proxy {
                 "policy audit: this request would be denied in enforce mode; forwarding it"
             );
         }
-        target(hosts, parts, &admission)
+        Ok(admission)
     }
 
     /// Phase 5 — **credential**: the account's `Authorization` value. A static one never
@@ -429,6 +484,7 @@ fn target(hosts: &Hosts, parts: &Parts, admission: &Admission<'_>) -> Result<Tar
     };
     Ok(Target {
         host: route.host,
+        pending: admission.decision.pending,
         path_and_query,
         paging,
     })
@@ -477,10 +533,14 @@ fn upstream_head(
 /// buffered bytes too, when they were buffered.
 async fn upstream_body(
     state: &State,
-    body: Incoming,
+    body: AppBody,
     attached: &Attached,
     whole: bool,
 ) -> Result<(RequestBody, Option<Bytes>), ProxyError> {
+    let body = match body {
+        AppBody::Read(bytes) => return Ok((Either::Right(Full::new(bytes.clone())), Some(bytes))),
+        AppBody::Streaming(body) => body,
+    };
     let max = state.config.limits.max_request_body;
     let replay_limit = state.config.oauth.replay_body_limit;
     let known = body.size_hint().upper();
@@ -495,7 +555,27 @@ async fn upstream_body(
     if !buffer {
         return Ok((Either::Left(limited), None));
     }
-    let bytes = limited
+    let bytes = collect_limited(limited, max).await?;
+    Ok((Either::Right(Full::new(bytes.clone())), Some(bytes)))
+}
+
+/// The app's request body: still streaming, or already read (to check its parameters).
+enum AppBody {
+    Streaming(Incoming),
+    Read(Bytes),
+}
+
+/// Reads a whole body, at most `max` bytes (413 beyond).
+async fn read_body(body: Incoming, max: u64) -> Result<Bytes, ProxyError> {
+    collect_limited(
+        Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX)),
+        max,
+    )
+    .await
+}
+
+async fn collect_limited(body: Limited<Incoming>, max: u64) -> Result<Bytes, ProxyError> {
+    Ok(body
         .collect()
         .await
         .map_err(|e| {
@@ -505,8 +585,26 @@ async fn upstream_body(
                 ProxyError::BadBody(e.to_string())
             }
         })?
-        .to_bytes();
-    Ok((Either::Right(Full::new(bytes.clone())), Some(bytes)))
+        .to_bytes())
+}
+
+/// The tunnel's host as this generation knows it (a reload may have removed it).
+fn pinned_host(state: &State, tunnel: Option<&Tunnel>) -> Result<Option<HostId>, Refusal> {
+    match tunnel {
+        Some(t) => state
+            .gate
+            .router
+            .hosts
+            .lookup(&t.host)
+            .map(Some)
+            .ok_or_else(|| {
+                Refusal::HostNotAllowed(format!(
+                    "host {} is no longer in the sidecar's upstream.allowed_hosts",
+                    t.host
+                ))
+            }),
+        None => Ok(None),
+    }
 }
 
 /// The length of a response whose paging links may be rewritten: a successful, uncompressed

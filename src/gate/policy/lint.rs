@@ -4,7 +4,10 @@
 //! - more than 100 rules (a Twilio restricted key holds at most 100 permissions);
 //! - a rule that matches no operation in Twilio's API catalogue (usually a typo);
 //! - a hostless rule that matches operations on several product hosts (pin it to one);
-//! - an allow rule wholly covered by a deny rule (it can never allow anything).
+//! - an allow rule wholly covered by a deny rule (it can never allow anything);
+//! - a parameter condition naming a parameter none of the rule's operations has (a typo, or
+//!   a condition that can only ever see the parameter absent);
+//! - a `To`/`From` glob that can never match an E.164 number (`1*` for `+1*`).
 //!
 //! Patterns are compared as token strings where `*` and `{Name}` become "any run of
 //! characters": intersection decides "could match", a conservative cover test decides
@@ -50,19 +53,22 @@ pub fn lint(policy: &Policy, hosts: &Hosts) -> Vec<Finding> {
     for (index, rule) in rules.iter().enumerate() {
         let compiled = CompiledRule::new(rule, sids);
         let mut matched_hosts: Vec<&str> = Vec::new();
+        let mut matched_ops: Vec<&Operation> = Vec::new();
         for op in catalogue::operations() {
             let host_ok = match rule.host {
                 Some(h) => catalogue::product_host(hosts.name(h)) == op.host,
                 None => products.iter().any(|p| p == op.host),
             };
-            if host_ok
-                && method_in(rule.methods, op.method)
-                && compiled.intersects(op)
-                && !matched_hosts.contains(&op.host)
-            {
-                matched_hosts.push(op.host);
+            if host_ok && method_in(rule.methods, op.method) && compiled.intersects(op) {
+                if !rule.params.is_empty() {
+                    matched_ops.push(op);
+                }
+                if !matched_hosts.contains(&op.host) {
+                    matched_hosts.push(op.host);
+                }
             }
         }
+        lint_conditions(index, rule, &matched_ops, &mut out);
         if matched_hosts.is_empty() {
             out.push(Finding {
                 rule: Some(index),
@@ -111,6 +117,67 @@ pub fn lint(policy: &Policy, hosts: &Hosts) -> Vec<Finding> {
         }
     }
     out
+}
+
+/// Parameter conditions the rule's operations cannot see, and phone-number globs that can
+/// never match.
+fn lint_conditions(index: usize, rule: &Rule, ops: &[&Operation], out: &mut Vec<Finding>) {
+    for condition in rule.params.iter() {
+        let known: Vec<&Operation> = ops
+            .iter()
+            .copied()
+            .filter(|op| op.params.is_some())
+            .collect();
+        if !known.is_empty()
+            && known.len() == ops.len()
+            && known
+                .iter()
+                .all(|op| op.has_param(&condition.name) == Some(false))
+        {
+            let ids: Vec<&str> = known.iter().take(3).map(|op| op.id).collect();
+            out.push(Finding {
+                rule: Some(index),
+                message: format!(
+                    "rule {:?}: {:?} is not a parameter of {} (per Twilio's API spec), so the condition only ever sees it absent; check the name",
+                    &*rule.written,
+                    &*condition.name,
+                    ids.join(", ")
+                ),
+            });
+        }
+        let phone = ["To", "From"]
+            .iter()
+            .any(|n| condition.name.eq_ignore_ascii_case(n));
+        if phone {
+            for glob in condition.globs.iter().filter(|g| !never_e164(g).is_empty()) {
+                out.push(Finding {
+                    rule: Some(index),
+                    message: format!(
+                        "rule {:?}: {} glob {:?} can never match an E.164 number ({}); write it as \"+…\"",
+                        &*rule.written,
+                        &*condition.name,
+                        &**glob,
+                        never_e164(glob)
+                    ),
+                });
+            }
+        }
+    }
+}
+
+/// Why a `To`/`From` glob can never match an E.164 number (`+` and digits), or `""` when it
+/// can (or is not about one: empty, `*`, or a channel address such as `whatsapp:+1*`).
+fn never_e164(glob: &str) -> &'static str {
+    if glob.is_empty() || glob.starts_with('*') || glob.contains(':') {
+        return "";
+    }
+    let Some(digits) = glob.strip_prefix('+') else {
+        return "no leading +";
+    };
+    if digits.chars().any(|c| !c.is_ascii_digit() && c != '*') {
+        return "only digits follow the +";
+    }
+    ""
 }
 
 fn method_in(methods: MethodSet, method: &str) -> bool {
@@ -291,6 +358,51 @@ mod tests {
             .into_iter()
             .map(|f| f.message)
             .collect()
+    }
+
+    #[test]
+    fn parameter_conditions_are_checked_against_the_spec_and_e164() {
+        let hosts = Hosts::new(TWILIO_PRODUCT_HOSTS.iter().copied()).unwrap();
+        let spec = |params: &[(&str, &[&str])]| crate::config::RuleSpec {
+            rule: "POST /2010-04-01/Accounts/{AccountSid}/Messages.json".into(),
+            params: params
+                .iter()
+                .map(|(n, g)| (n.to_string(), g.iter().map(|s| s.to_string()).collect()))
+                .collect(),
+        };
+        let lint_of = |params: &[(&str, &[&str])]| {
+            let policy =
+                Policy::compile_specs(Mode::Enforce, &[spec(params)], &[], &hosts, [SID]).unwrap();
+            lint(&policy, &hosts)
+                .into_iter()
+                .map(|f| f.message)
+                .collect::<Vec<_>>()
+        };
+        let clean = lint_of(&[
+            ("To", &["+1*", "whatsapp:+44*"]),
+            ("statuscallback", &["", "https://hooks.example.com/*"]),
+            ("From", &[""]),
+        ]);
+        assert!(clean.is_empty(), "{clean:?}");
+        let found = lint_of(&[("Too", &["+1*"]), ("To", &["1*", "+1-555*"])]);
+        assert!(
+            found
+                .iter()
+                .any(|m| m.contains("\"Too\" is not a parameter of CreateMessage")),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|m| m.contains("\"1*\" can never match an E.164 number (no leading +)")),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|m| m.contains("\"+1-555*\" can never match")),
+            "{found:?}"
+        );
     }
 
     #[test]

@@ -8,10 +8,16 @@
 //!   only configured account SIDs; any other `{Name}` matches one segment (or, inside a larger
 //!   segment, one or more characters). Literal text may be percent-encoded and compares ASCII
 //!   case-insensitively with the decoded request segment.
+//!
+//! In the table form `{ rule = "…", params = { To = ["+1*", "+44*"] } }` a rule also carries
+//! [`ParamCondition`]s: every value a named parameter has (or the empty string when it has
+//! none) must match one of its globs.
 
 use http::Method;
 
+use crate::config::RuleSpec;
 use crate::gate::catalogue::placeholder_names;
+use crate::gate::glob::glob as text_glob;
 use crate::gate::route::{HostId, Hosts};
 
 /// Whether a rule allows or denies.
@@ -133,11 +139,32 @@ fn glob(parts: &[Part], s: &str, sids: &[Box<str>]) -> bool {
     }
 }
 
+/// A condition on one request parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamCondition {
+    /// As written; matched ASCII case-insensitively (every spelling of `To` is `To`).
+    pub name: Box<str>,
+    /// `*` globs, case-sensitive; `""` admits an absent (or empty) parameter.
+    pub globs: Box<[Box<str>]>,
+}
+
+impl ParamCondition {
+    /// True when `value` matches one of the globs.
+    pub fn admits(&self, value: &str) -> bool {
+        self.globs.iter().any(|g| text_glob(g, value))
+    }
+}
+
 /// A parsed rule.
 #[derive(Debug, Clone)]
 pub struct Rule {
-    /// The rule as written (trimmed); also its metric label and its name in explanations.
+    /// Its metric label and its name in explanations: the rule as written (trimmed), followed
+    /// by its conditions when it has any.
     pub text: Box<str>,
+    /// The `[METHODS] [HOST]PATTERN` part as written (trimmed).
+    pub written: Box<str>,
+    /// Conditions on parameters, all of which must hold; empty for most rules.
+    pub params: Box<[ParamCondition]>,
     pub effect: Effect,
     pub methods: MethodSet,
     pub host: Option<HostId>,
@@ -155,7 +182,7 @@ impl Rule {
             self.methods.names().collect::<Vec<_>>().join(",")
         };
         let host = self.host.map(|h| hosts.name(h)).unwrap_or("");
-        let pattern = self.text.split_whitespace().last().unwrap_or("");
+        let pattern = self.written.split_whitespace().last().unwrap_or("");
         let pattern = pattern.find('/').map_or(pattern, |i| &pattern[i..]);
         format!("{methods} {host}{pattern}")
     }
@@ -242,12 +269,64 @@ pub fn parse_rule(input: &str, effect: Effect, hosts: &Hosts) -> Result<Rule, Ru
     let (segments, tail) = parse_pattern(pattern).map_err(|(o, m)| err(pattern_off + o, m))?;
     Ok(Rule {
         text: text.into(),
+        written: text.into(),
+        params: Box::default(),
         effect,
         methods: methods.unwrap_or(MethodSet::ALL),
         host,
         segments,
         tail,
     })
+}
+
+/// Longest parameter name a condition may name.
+const MAX_PARAM_NAME: usize = 64;
+
+/// Parses a rule with its parameter conditions (the table form).
+pub fn parse_rule_spec(spec: &RuleSpec, effect: Effect, hosts: &Hosts) -> Result<Rule, RuleError> {
+    let mut rule = parse_rule(&spec.rule, effect, hosts)?;
+    if spec.params.is_empty() {
+        return Ok(rule);
+    }
+    let err = |message: String| RuleError {
+        text: spec.rule.clone(),
+        column: 1,
+        message,
+    };
+    let mut params: Vec<ParamCondition> = Vec::with_capacity(spec.params.len());
+    for (name, globs) in &spec.params {
+        if name.is_empty()
+            || name.len() > MAX_PARAM_NAME
+            || name
+                .bytes()
+                .any(|b| matches!(b, b'=' | b'&' | b';') || !b.is_ascii_graphic())
+        {
+            return Err(err(format!(
+                "params: {name:?} is not a parameter name (printable ASCII, no '=', '&' or ';', at most {MAX_PARAM_NAME} characters)"
+            )));
+        }
+        if params.iter().any(|p| p.name.eq_ignore_ascii_case(name)) {
+            return Err(err(format!(
+                "params: {name:?} is listed twice (names match case-insensitively)"
+            )));
+        }
+        if globs.is_empty() {
+            return Err(err(format!(
+                "params: {name:?} has no globs, so nothing would match; write [\"\"] to require it absent"
+            )));
+        }
+        params.push(ParamCondition {
+            name: name.as_str().into(),
+            globs: globs.iter().map(|g| g.as_str().into()).collect(),
+        });
+    }
+    let described: Vec<String> = params
+        .iter()
+        .map(|p| format!("{} in [{}]", p.name, p.globs.join(", ")))
+        .collect();
+    rule.text = format!("{} where {}", rule.written, described.join("; ")).into();
+    rule.params = params.into_boxed_slice();
+    Ok(rule)
 }
 
 fn parse_methods(tok: &str) -> Result<MethodSet, String> {
