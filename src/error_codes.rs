@@ -119,6 +119,16 @@ pub const CODES: &[ErrorCode] = &[
         remedy: "Retry after the Retry-After delay; scale out, or look at upstream latency.",
     },
     ErrorCode {
+        code: 79430,
+        status: 503,
+        meaning: "The request's account is at its max_concurrent requests to Twilio, and the \
+                  request found upstream.max_queued already waiting, or waited longer than \
+                  upstream.queue_timeout for a slot. It was not sent.",
+        remedy: "Retry after the Retry-After delay. If it persists, the account's traffic \
+                 exceeds its concurrency: raise max_concurrent if Twilio allows it, or look at \
+                 twilio_sidecar_account_queue_wait_seconds and Twilio's latency.",
+    },
+    ErrorCode {
         code: 79500,
         status: 500,
         meaning: "The sidecar could not open a CONNECT tunnel: issuing the certificate for the \

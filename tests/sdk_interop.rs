@@ -902,3 +902,66 @@ allow = [
         .iter()
         .all(|r| String::from_utf8_lossy(&r.body).contains("MessagingServiceSid=MG")));
 }
+
+/// twilio-python, which never retries a 429 itself, sends 50 messages from 10 threads into an
+/// account the stand-in limits to 5 concurrent requests (answering 429 beyond, as Twilio
+/// does). With `max_concurrent = 5` the sidecar queues so Twilio never says 429; without it,
+/// the sidecar's retries absorb the 429s. Either way all 50 are sent and none raises.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the SDK packages; scripts/test-all.sh installs them and runs this"]
+async fn a_burst_from_twilio_python_meets_twilios_concurrency_limit() {
+    use twilio_sidecar::dev::stand_in::{echo, Recorded, Reply};
+    const LIMIT: usize = 5;
+    const HOLD: Duration = Duration::from_millis(50);
+    for (account_extra, upstream_extra, expect_429s) in [
+        ("max_concurrent = 5", "", false),
+        ("", "retry_429 = 10", true),
+    ] {
+        let h = Harness::start_with(|ctx| {
+            standard_config(ctx, upstream_extra, POLICY).replacen(
+                "secret = { file = \"secret\" } }",
+                &format!("secret = {{ file = \"secret\" }} }}\n{account_extra}"),
+                1,
+            )
+        })
+        .await;
+        // Twilio's concurrency limit, at the stand-in: a request is in flight for HOLD after
+        // it is accepted; beyond LIMIT of them, 429.
+        let accepted = Arc::new(Mutex::new(Vec::<Instant>::new()));
+        let sink = accepted.clone();
+        h.stand_in.set_responder(move |r: &Recorded| {
+            let mut accepted = sink.lock().unwrap();
+            let now = Instant::now();
+            accepted.retain(|t| now.duration_since(*t) < HOLD);
+            if accepted.len() >= LIMIT {
+                return Reply {
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                    headers: vec![("content-type".into(), "application/json".into())],
+                    body: Bytes::from_static(
+                        br#"{"code": 20429, "message": "Too Many Requests", "status": 429}"#,
+                    ),
+                    delay: Duration::ZERO,
+                };
+            }
+            accepted.push(now);
+            Reply {
+                delay: HOLD,
+                ..echo(r)
+            }
+        });
+        let out = run_script(
+            &sdk_python(),
+            &root().join("tests/sdk/python_burst.py"),
+            h.proxy,
+            &[("ACCOUNT_SID", SID), ("COUNT", "50")],
+        );
+        eprintln!("{account_extra}{upstream_extra}: {out}");
+        assert_eq!(out["sent"], 50, "{out}");
+        assert_eq!(out["raised"].as_array().unwrap().len(), 0, "{out}");
+        let metrics = h.metrics().await;
+        let saw_429 = metrics
+            .lines()
+            .any(|l| l.starts_with("twilio_sidecar_twilio_429_total{") && !l.ends_with(" 0"));
+        assert_eq!(saw_429, expect_429s, "{metrics}");
+    }
+}

@@ -38,6 +38,9 @@ fn settings(stand_in: &StandIn, idle_timeout: Duration, max_idle: usize) -> Upst
         pool_idle_timeout: idle_timeout,
         pool_max_idle_per_host: max_idle,
         http2_max_streams: 100,
+        queue_timeout: Duration::from_secs(5),
+        max_queued: 1000,
+        retry_429: 3,
     }
 }
 
@@ -424,6 +427,9 @@ fn upstream_with_streams(
         pool_idle_timeout: Duration::from_secs(60),
         pool_max_idle_per_host: 8,
         http2_max_streams,
+        queue_timeout: Duration::from_secs(5),
+        max_queued: 1000,
+        retry_429: 3,
     };
     Upstream::new(&s, 1, std::slice::from_ref(&pki.ca_der)).expect("upstream")
 }
@@ -679,6 +685,9 @@ async fn idle_http2_connections_close_after_the_idle_timeout() {
         pool_idle_timeout: Duration::from_millis(300),
         pool_max_idle_per_host: 8,
         http2_max_streams: 2,
+        queue_timeout: Duration::from_secs(5),
+        max_queued: 1000,
+        retry_429: 3,
     };
     let up = std::sync::Arc::new(Upstream::new(&s, 1, std::slice::from_ref(&pki.ca_der)).unwrap());
     fetch(&up, "/v1/first").await;

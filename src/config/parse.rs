@@ -271,6 +271,9 @@ fn read_upstream(
         pool_max_idle_per_host: 64,
         // RFC 9113 asks servers to allow at least 100 concurrent streams.
         http2_max_streams: 100,
+        queue_timeout: Duration::from_secs(5),
+        max_queued: 1000,
+        retry_429: 3,
     };
     optional_table(root, d, "upstream", out, |s, d, out| {
         if let Some(h) = s.string(d, "default_host") {
@@ -301,10 +304,23 @@ fn read_upstream(
             ("connect_timeout", &mut out.connect_timeout),
             ("request_timeout", &mut out.request_timeout),
             ("pool_idle_timeout", &mut out.pool_idle_timeout),
+            ("queue_timeout", &mut out.queue_timeout),
         ] {
             if let Some(v) = s.duration(d, key) {
                 *slot = v;
             }
+        }
+        if let Some(n) = s.count(d, "max_queued") {
+            out.max_queued = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let Some(n) = s.count(d, "retry_429") {
+            if n > 10 {
+                d.error(
+                    s.key("retry_429"),
+                    "at most 10: each retry waits longer, and the request's own timeout still applies",
+                );
+            }
+            out.retry_429 = u32::try_from(n).unwrap_or(u32::MAX);
         }
         if let Some(n) = s.count(d, "pool_max_idle_per_host") {
             out.pool_max_idle_per_host = usize::try_from(n).unwrap_or(usize::MAX);
@@ -362,6 +378,13 @@ fn read_accounts(
         let credential = read_credential(&mut s, d, base);
         let webhook_tokens = read_webhook_tokens(&mut s, d, base);
         let pkcv = read_pkcv(&mut s, d, base, credential.as_ref());
+        let max_concurrent = s.count(d, "max_concurrent");
+        if max_concurrent == Some(0) {
+            d.error(
+                s.key("max_concurrent"),
+                "must be at least 1 (leave it out for no limit)",
+            );
+        }
         s.finish(d);
         if let (Some(sid), Some(credential), Some(webhook_tokens), Some(pkcv), true) =
             (sid, credential, webhook_tokens, pkcv, usable)
@@ -372,6 +395,7 @@ fn read_accounts(
                 credential,
                 webhook_tokens,
                 pkcv,
+                max_concurrent: max_concurrent.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
             });
         }
     }

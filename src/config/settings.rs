@@ -82,6 +82,24 @@ pub struct UpstreamConfig {
     pub pool_max_idle_per_host: usize,
     /// Requests in flight on one HTTP/2 connection before the pool opens another to the host.
     pub http2_max_streams: usize,
+    /// How long a request waits for a slot under its account's `max_concurrent`.
+    pub queue_timeout: Duration,
+    /// Requests that may wait for a slot, per account; beyond it, 503 at once.
+    pub max_queued: usize,
+    /// Times a request Twilio answered 429 is sent again (it was never processed).
+    pub retry_429: u32,
+}
+
+impl UpstreamConfig {
+    /// True when `other` differs only in what does not touch connections (queueing and
+    /// retries), so the same client and pools can serve it.
+    pub fn same_connections(&self, other: &UpstreamConfig) -> bool {
+        let mut other = other.clone();
+        other.queue_timeout = self.queue_timeout;
+        other.max_queued = self.max_queued;
+        other.retry_429 = self.retry_429;
+        *self == other
+    }
 }
 
 /// `[[accounts]]`.
@@ -95,6 +113,9 @@ pub struct AccountConfig {
     pub webhook_tokens: Vec<SecretSource>,
     /// `pkcv`: Public Key Client Validation, every request signed with this key.
     pub pkcv: Option<PkcvConfig>,
+    /// `max_concurrent`: requests to Twilio in flight for this account at once (Twilio's
+    /// own concurrency limit, say); more wait in FIFO order. `None`: no limit.
+    pub max_concurrent: Option<usize>,
 }
 
 /// `pkcv = { credential_sid, private_key }`: the public key credential registered with

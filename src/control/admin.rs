@@ -115,6 +115,13 @@ impl Admin {
             .reusable
             .set(i64::try_from(reusable).unwrap_or(i64::MAX));
         for account in &state.accounts {
+            if let Some(limit) = &account.limit {
+                self.metrics
+                    .proxy
+                    .queued
+                    .with_label_values(&[&account.sid])
+                    .set(i64::try_from(limit.waiting()).unwrap_or(i64::MAX));
+            }
             if let Credential::OAuth(cache) = &account.credential {
                 let gauge = self
                     .metrics

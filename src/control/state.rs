@@ -20,6 +20,7 @@ use crate::gate::clients::ClientKeys;
 use crate::gate::Gate;
 use crate::intercept::Intercept;
 use crate::metrics::{OAuthMetrics, UpstreamMetrics};
+use crate::upstream::account_limit::AccountLimit;
 use crate::upstream::Upstream;
 
 /// Everything a request needs, for one config generation.
@@ -151,6 +152,12 @@ impl State {
                             credential_generation,
                             webhook_keys,
                             pkcv,
+                            limit: account.max_concurrent.map(|n| {
+                                old.and_then(|o| o.limit.as_ref())
+                                    .filter(|l| l.limit() == n)
+                                    .cloned()
+                                    .unwrap_or_else(|| Arc::new(AccountLimit::new(n)))
+                            }),
                         });
                     }
                     Err(errors) => problems.extend(errors),
@@ -220,6 +227,7 @@ impl State {
                     "sid": account.sid,
                     "default": cfg.default,
                     "credential": credential,
+                    "max_concurrent": cfg.max_concurrent,
                     "webhook_token": cfg.webhook_tokens.iter().map(SecretSource::redacted).collect::<Vec<_>>(),
                     "pkcv": cfg.pkcv.as_ref().map(|p| json!({
                         "credential_sid": p.credential_sid,
@@ -251,6 +259,9 @@ impl State {
                 "pool_idle_timeout_ms": c.upstream.pool_idle_timeout.as_millis() as u64,
                 "pool_max_idle_per_host": c.upstream.pool_max_idle_per_host,
                 "http2_max_streams": c.upstream.http2_max_streams,
+                "retry_429": c.upstream.retry_429,
+                "queue_timeout_ms": c.upstream.queue_timeout.as_millis() as u64,
+                "max_queued": c.upstream.max_queued,
             },
             "accounts": accounts,
             "webhooks": c.webhooks.as_ref().map(|w| json!({

@@ -29,6 +29,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::config::reader::Diagnostic;
 use crate::config::{is_sid, AccountConfig, CredentialConfig, SecretSource};
 use crate::config::{OAuthSettings, TokenUrlError};
+use crate::upstream::account_limit::AccountLimit;
 use crate::upstream::Upstream;
 use oauth::fetcher::HttpTokenFetcher;
 use oauth::{ClientCredentials, NoToken, SystemClock, TokenCache};
@@ -302,6 +303,9 @@ pub struct Account {
     pub webhook_keys: WebhookKeys,
     /// With `pkcv`: signs every request's `Twilio-Client-Validation` JWT.
     pub pkcv: Option<Arc<PkcvSigner>>,
+    /// With `max_concurrent`: the slots its requests to Twilio queue for (kept across
+    /// reloads while the limit is unchanged).
+    pub limit: Option<Arc<AccountLimit>>,
 }
 
 #[cfg(test)]

@@ -75,6 +75,16 @@ pub struct ProxyMetrics {
     pub pkcv_signatures: IntCounterVec,
     /// Time to sign one PKCV validation token (RSA 2048), off the serving thread.
     pub pkcv_sign_duration: prometheus::Histogram,
+    /// 429 answers from Twilio, by account (each attempt's).
+    pub twilio_429s: IntCounterVec,
+    /// What became of requests Twilio answered 429, by account and outcome.
+    pub retries_429: IntCounterVec,
+    /// Time waiting for a slot under `max_concurrent`, by account.
+    pub queue_wait: HistogramVec,
+    /// Requests refused a slot, by account and reason (full, timeout).
+    pub queue_refusals: IntCounterVec,
+    /// Requests waiting for a slot now, by account (set at scrape time).
+    pub queued: prometheus::IntGaugeVec,
 }
 
 impl ProxyMetrics {
@@ -165,6 +175,42 @@ impl ProxyMetrics {
                 )
                 .buckets(LATENCY_BUCKETS.to_vec()),
             )?,
+            twilio_429s: IntCounterVec::new(
+                Opts::new(
+                    "twilio_429_total",
+                    "429 answers from Twilio (a concurrency or rate limit; the request was not processed), by account.",
+                ),
+                &["account"],
+            )?,
+            retries_429: IntCounterVec::new(
+                Opts::new(
+                    "retries_429_total",
+                    "Requests Twilio answered 429, by account and outcome: retried (each retry sent), succeeded, exhausted (the last 429 passed on), deadline (no time left before limits.request_timeout), not_retryable (a streamed body).",
+                ),
+                &["account", "outcome"],
+            )?,
+            queue_wait: HistogramVec::new(
+                HistogramOpts::new(
+                    "account_queue_wait_seconds",
+                    "Time requests waited for a slot under their account's max_concurrent.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["account"],
+            )?,
+            queue_refusals: IntCounterVec::new(
+                Opts::new(
+                    "account_queue_refusals_total",
+                    "Requests refused (503) a slot under their account's max_concurrent, by reason (full: upstream.max_queued waiting; timeout: upstream.queue_timeout).",
+                ),
+                &["account", "reason"],
+            )?,
+            queued: prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "account_queued",
+                    "Requests waiting for a slot under their account's max_concurrent (at scrape time).",
+                ),
+                &["account"],
+            )?,
             leaf_certificates_issued: IntCounter::new(
                 "tunnel_leaf_certificates_issued_total",
                 "Leaf certificates issued by the local CA for tunnels (one per host, renewed at half its life).",
@@ -187,6 +233,11 @@ impl ProxyMetrics {
         registry.register(Box::new(self.access_token_grants.clone()))?;
         registry.register(Box::new(self.pkcv_signatures.clone()))?;
         registry.register(Box::new(self.pkcv_sign_duration.clone()))?;
+        registry.register(Box::new(self.twilio_429s.clone()))?;
+        registry.register(Box::new(self.retries_429.clone()))?;
+        registry.register(Box::new(self.queue_wait.clone()))?;
+        registry.register(Box::new(self.queue_refusals.clone()))?;
+        registry.register(Box::new(self.queued.clone()))?;
         Ok(())
     }
 

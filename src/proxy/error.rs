@@ -62,6 +62,15 @@ pub enum ProxyError {
         "twilio-sidecar is at limits.max_concurrent_requests and shed this request; retry shortly"
     )]
     Overloaded,
+    /// No slot under the account's `max_concurrent`: the queue was full, or the wait ran
+    /// past `upstream.queue_timeout`.
+    #[error(
+        "account {account} is at its max_concurrent requests and this one {reason}; retry shortly"
+    )]
+    AccountBusy {
+        account: String,
+        reason: &'static str,
+    },
     /// An OAuth2 account has no usable token and none arrived in time.
     #[error("{0}")]
     NoCredential(String),
@@ -85,7 +94,9 @@ impl ProxyError {
             ProxyError::BadBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::NoCredential(_) | ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoCredential(_)
+            | ProxyError::Overloaded
+            | ProxyError::AccountBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -108,6 +119,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge(_) => 79413,
             ProxyError::RequestTimeout(_) => 79408,
             ProxyError::Overloaded => 79429,
+            ProxyError::AccountBusy { .. } => 79430,
         }
     }
 
@@ -217,6 +229,10 @@ mod tests {
             ProxyError::BodyTooLarge(0),
             ProxyError::RequestTimeout(std::time::Duration::ZERO),
             ProxyError::Overloaded,
+            ProxyError::AccountBusy {
+                account: String::new(),
+                reason: "",
+            },
         ];
         for e in &errors {
             let documented = crate::error_codes::lookup(e.code())

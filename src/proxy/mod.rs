@@ -32,6 +32,7 @@ pub(crate) mod headers;
 mod local;
 pub mod paging;
 mod pipeline;
+mod retry;
 pub mod server;
 mod tunnel;
 
@@ -70,6 +71,10 @@ struct Record<'s> {
     twilio_request_id: Option<HeaderValue>,
     /// The identity an Access Token was asked for (never the token).
     identity: Option<Box<str>>,
+    /// Times the request was sent again after Twilio answered 429.
+    retries: u8,
+    /// When `limits.request_timeout` runs out: 429 backoffs never sleep past it.
+    deadline: Option<tokio::time::Instant>,
 }
 
 impl Default for Record<'_> {
@@ -84,6 +89,8 @@ impl Default for Record<'_> {
             path_offset: 0,
             twilio_request_id: None,
             identity: None,
+            retries: 0,
+            deadline: None,
         }
     }
 }
@@ -194,10 +201,13 @@ impl Proxy {
         let method = req.method().clone();
         let uri = req.uri().clone();
 
-        let mut record = Record::default();
         // The whole-request limit is applied here rather than by an outer layer so that a
         // request that runs out of time still gets its metrics and access-log line.
         let limit = state.config.limits.request_timeout;
+        let mut record = Record {
+            deadline: Some(tokio::time::Instant::now() + limit),
+            ..Record::default()
+        };
         let outcome =
             tokio::time::timeout(limit, self.pipeline(&state, req, &mut record, tunnel)).await;
         let response = match outcome {
@@ -276,6 +286,7 @@ impl Proxy {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-"),
             identity = record.identity.as_deref().unwrap_or("-"),
+            retries_429 = record.retries,
         );
         response.headers_mut().insert(X_REQUEST_ID, request_id);
         response

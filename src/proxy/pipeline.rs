@@ -101,16 +101,26 @@ impl Proxy {
             Box::pin(self.sign_pkcv(signer, &mut parts, body, record.account)).await?;
         }
         let req = Request::from_parts(parts, body);
-        // A bearer request keeps a copy to send again if Twilio rejects the token.
+        // A copy to send again — after a 401 to a bearer token, or a 429, which Twilio never
+        // processed — when the body is empty or was buffered (within the replay limit).
         let replay_limit = state.config.oauth.replay_body_limit;
-        let replay = (attached.bearer.is_some()
-            && buffered.is_some_and(|b| b.len() as u64 <= replay_limit))
-        .then(|| replayable(&req))
-        .flatten();
+        let small = buffered
+            .as_ref()
+            .is_none_or(|b| b.len() as u64 <= replay_limit);
+        let spare = (small && (attached.bearer.is_some() || state.config.upstream.retry_429 > 0))
+            .then(|| replayable(&req))
+            .flatten();
 
-        // Phase 7 — **upstream call**, and the replay after a 401 to a bearer token.
+        // Phase 7 — **upstream call**: under the account's max_concurrent (boxed: most
+        // accounts have none), then the replay after a 401 to a bearer token and the
+        // retries after a 429.
+        let slot = match &account.limit {
+            Some(limit) => Some(Box::pin(self.queue(state, limit, record.account)).await?),
+            None => None,
+        };
         let mut response = self.exchange(state, record.host, req).await?;
         if response.status() == StatusCode::UNAUTHORIZED {
+            let replay = spare.as_ref().and_then(replayable);
             if let Some(mut again) = self.unauthorized(record, &attached, replay) {
                 let fresh = self.credential(account, record.account).await?;
                 again
@@ -122,6 +132,11 @@ impl Proxy {
                     fresh.rejected();
                 }
             }
+        }
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            response =
+                Box::pin(self.retry_429(state, account, response, spare, buffered, slot, record))
+                    .await?;
         }
         match self.respond(state, response, target.paging, record) {
             Respond::Stream(response) => Ok(response),
@@ -267,7 +282,11 @@ impl Proxy {
     /// Phase 5 — **credential**: the account's `Authorization` value. A static one never
     /// waits; an OAuth2 account with no usable token waits briefly for the fetch in flight,
     /// then short-circuits with 503 (counted).
-    async fn credential(&self, account: &Account, sid: &str) -> Result<Attached, ProxyError> {
+    pub(super) async fn credential(
+        &self,
+        account: &Account,
+        sid: &str,
+    ) -> Result<Attached, ProxyError> {
         account.credential.attach().await.map_err(|e| {
             self.metrics
                 .proxy
@@ -283,7 +302,7 @@ impl Proxy {
     /// `Authorization`, the Twilio host, the body). The RSA signature runs on the blocking
     /// pool: a millisecond of CPU would otherwise stall every connection on this thread.
     /// Short-circuits with 500 (79501) if signing fails.
-    async fn sign_pkcv(
+    pub(super) async fn sign_pkcv(
         &self,
         signer: &Arc<PkcvSigner>,
         parts: &mut Parts,
@@ -366,7 +385,7 @@ impl Proxy {
     }
 
     /// One upstream exchange, timed and counted; failures become 502/504.
-    async fn exchange(
+    pub(super) async fn exchange(
         &self,
         state: &State,
         host: &str,

@@ -6,6 +6,7 @@
 //! SNI and certificate name verification) still carries the Twilio host: a stand-in must hold a
 //! certificate for the real name, signed by a CA the sidecar was told to trust.
 
+pub mod account_limit;
 pub mod body;
 pub mod pool;
 pub mod tls;
@@ -115,7 +116,7 @@ impl Upstream {
     /// True when this client can serve `settings` unchanged (same settings, same CA bytes), so a
     /// reload keeps its warm connection pool.
     pub fn reusable_for(&self, settings: &UpstreamConfig, workers: usize) -> bool {
-        if self.settings != *settings || self.pools.len() != workers + 1 {
+        if !self.settings.same_connections(settings) || self.pools.len() != workers + 1 {
             return false;
         }
         match &settings.ca_file {

@@ -27,6 +27,9 @@ fn pool() -> Arc<ConnectionPool> {
         pool_idle_timeout: Duration::from_secs(90),
         pool_max_idle_per_host: 4,
         http2_max_streams: 2,
+        queue_timeout: Duration::from_secs(5),
+        max_queued: 1000,
+        retry_429: 3,
     };
     let (connector, _) = tls::connector(&settings, &[]).unwrap();
     Arc::new(ConnectionPool::new(
