@@ -31,12 +31,12 @@ static STRIPPED_REQUEST_HEADERS: [HeaderName; 21] = [
     HeaderName::from_static("x-forwarded-prefix"),
 ];
 
-/// Hop-by-hop headers, dropped from Twilio's responses and from webhooks on their way to the
-/// app; hyper frames the body itself.
-static HOP_BY_HOP_HEADERS: [HeaderName; 9] = [
+/// Hop-by-hop headers, dropped from Twilio's responses and from webhooks and their answers;
+/// hyper frames the body itself. (A request's `TE` and `Proxy-Authorization` are hop-by-hop
+/// too: the proxy drops them with the app's other stripped headers, the webhook listener with
+/// [`strip_hop_by_hop_request`].)
+static HOP_BY_HOP_HEADERS: [HeaderName; 7] = [
     header::CONNECTION,
-    header::TE,
-    header::PROXY_AUTHORIZATION,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     header::TRAILER,
@@ -81,6 +81,13 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in HOP_BY_HOP_HEADERS.iter() {
         headers.remove(name);
     }
+}
+
+/// [`strip_hop_by_hop`] for a request: also `TE` and `Proxy-Authorization`.
+pub(crate) fn strip_hop_by_hop_request(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+    headers.remove(header::TE);
+    headers.remove(header::PROXY_AUTHORIZATION);
 }
 
 /// Whether `Connection` holds anything beyond a bare `close` / `keep-alive` (what HTTP/1.1

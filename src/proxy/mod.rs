@@ -205,7 +205,7 @@ impl Proxy {
         // request that runs out of time still gets its metrics and access-log line.
         let limit = state.config.limits.request_timeout;
         let mut record = Record {
-            deadline: Some(tokio::time::Instant::now() + limit),
+            deadline: Some(tokio::time::Instant::from_std(started + limit)),
             ..Record::default()
         };
         let outcome =

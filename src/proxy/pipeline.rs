@@ -121,16 +121,10 @@ impl Proxy {
         let mut response = self.exchange(state, record.host, req).await?;
         if response.status() == StatusCode::UNAUTHORIZED {
             let replay = spare.as_ref().and_then(replayable);
-            if let Some(mut again) = self.unauthorized(record, &attached, replay) {
-                let fresh = self.credential(account, record.account).await?;
-                again
-                    .headers_mut()
-                    .insert(header::AUTHORIZATION, fresh.header.clone());
+            if let Some(again) = self.unauthorized(record, &attached, replay) {
                 drop(response);
-                response = self.exchange(state, record.host, again).await?;
-                if response.status() == StatusCode::UNAUTHORIZED {
-                    fresh.rejected();
-                }
+                // Boxed: a second exchange in this future would double its size.
+                response = Box::pin(self.replay(state, account, again, record.host)).await?;
             }
         }
         if response.status() == StatusCode::TOO_MANY_REQUESTS {
@@ -382,6 +376,26 @@ impl Proxy {
             .with_label_values(&[record.account, outcome])
             .inc();
         replay
+    }
+
+    /// The replay after a 401 to a bearer token: the same request with a new token; a 401 to
+    /// that one drops it too.
+    async fn replay(
+        &self,
+        state: &State,
+        account: &Account,
+        mut again: Request<RequestBody>,
+        host: &str,
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
+        let fresh = self.credential(account, &account.sid).await?;
+        again
+            .headers_mut()
+            .insert(header::AUTHORIZATION, fresh.header.clone());
+        let response = self.exchange(state, host, again).await?;
+        if response.status() == StatusCode::UNAUTHORIZED {
+            fresh.rejected();
+        }
+        Ok(response)
     }
 
     /// One upstream exchange, timed and counted; failures become 502/504.

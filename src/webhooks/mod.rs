@@ -40,7 +40,7 @@ use tracing::{debug, info, warn};
 use crate::config::WebhooksConfig;
 use crate::control::state::{SharedState, State};
 use crate::metrics::Metrics;
-use crate::proxy::headers::strip_hop_by_hop;
+use crate::proxy::headers::{strip_hop_by_hop, strip_hop_by_hop_request};
 use crate::upstream::body::ResponseBody;
 pub use error::WebhookError;
 use signature::SignedWebhook;
@@ -264,7 +264,7 @@ fn to_app(
             parts.headers.insert(header::HOST, host);
         }
     }
-    strip_hop_by_hop(&mut parts.headers);
+    strip_hop_by_hop_request(&mut parts.headers);
     parts.headers.remove(&X_TWILIO_SIDECAR_VERIFIED);
     if let Ok(v) = HeaderValue::from_str(account) {
         parts.headers.insert(X_TWILIO_SIDECAR_VERIFIED.clone(), v);
