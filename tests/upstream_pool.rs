@@ -41,6 +41,7 @@ fn settings(stand_in: &StandIn, idle_timeout: Duration, max_idle: usize) -> Upst
         queue_timeout: Duration::from_secs(5),
         max_queued: 1000,
         retry_429: 3,
+        forward_headers: Vec::new(),
     }
 }
 
@@ -430,6 +431,7 @@ fn upstream_with_streams(
         queue_timeout: Duration::from_secs(5),
         max_queued: 1000,
         retry_429: 3,
+        forward_headers: Vec::new(),
     };
     Upstream::new(&s, 1, std::slice::from_ref(&pki.ca_der)).expect("upstream")
 }
@@ -688,6 +690,7 @@ async fn idle_http2_connections_close_after_the_idle_timeout() {
         queue_timeout: Duration::from_secs(5),
         max_queued: 1000,
         retry_429: 3,
+        forward_headers: Vec::new(),
     };
     let up = std::sync::Arc::new(Upstream::new(&s, 1, std::slice::from_ref(&pki.ca_der)).unwrap());
     fetch(&up, "/v1/first").await;

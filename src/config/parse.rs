@@ -274,6 +274,7 @@ fn read_upstream(
         queue_timeout: Duration::from_secs(5),
         max_queued: 1000,
         retry_429: 3,
+        forward_headers: Vec::new(),
     };
     optional_table(root, d, "upstream", out, |s, d, out| {
         if let Some(h) = s.string(d, "default_host") {
@@ -308,6 +309,17 @@ fn read_upstream(
         ] {
             if let Some(v) = s.duration(d, key) {
                 *slot = v;
+            }
+        }
+        if let Some(names) = s.strings(d, "forward_headers") {
+            for (i, name) in names.iter().enumerate() {
+                match http::HeaderName::try_from(*name) {
+                    Ok(h) => out.forward_headers.push(h),
+                    Err(_) => d.error(
+                        format!("{}[{i}]", s.key("forward_headers")),
+                        format!("{name:?} is not a header name"),
+                    ),
+                }
             }
         }
         if let Some(n) = s.count(d, "max_queued") {

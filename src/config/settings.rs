@@ -88,6 +88,8 @@ pub struct UpstreamConfig {
     pub max_queued: usize,
     /// Times a request Twilio answered 429 is sent again (it was never processed).
     pub retry_429: u32,
+    /// Request headers forwarded to Twilio besides the ones its APIs use.
+    pub forward_headers: Vec<http::HeaderName>,
 }
 
 impl UpstreamConfig {
@@ -98,6 +100,7 @@ impl UpstreamConfig {
         other.queue_timeout = self.queue_timeout;
         other.max_queued = self.max_queued;
         other.retry_429 = self.retry_429;
+        other.forward_headers.clone_from(&self.forward_headers);
         *self == other
     }
 }

@@ -85,6 +85,8 @@ pub struct ProxyMetrics {
     pub queue_refusals: IntCounterVec,
     /// Requests waiting for a slot now, by account (set at scrape time).
     pub queued: prometheus::IntGaugeVec,
+    /// App request headers not forwarded to Twilio (beyond credentials and hop-by-hop ones).
+    pub headers_dropped: IntCounter,
 }
 
 impl ProxyMetrics {
@@ -211,6 +213,10 @@ impl ProxyMetrics {
                 ),
                 &["account"],
             )?,
+            headers_dropped: IntCounter::new(
+                "request_headers_dropped_total",
+                "App request headers not forwarded to Twilio because its APIs do not use them (credentials and hop-by-hop headers not counted); upstream.forward_headers adds names.",
+            )?,
             leaf_certificates_issued: IntCounter::new(
                 "tunnel_leaf_certificates_issued_total",
                 "Leaf certificates issued by the local CA for tunnels (one per host, renewed at half its life).",
@@ -238,6 +244,7 @@ impl ProxyMetrics {
         registry.register(Box::new(self.queue_wait.clone()))?;
         registry.register(Box::new(self.queue_refusals.clone()))?;
         registry.register(Box::new(self.queued.clone()))?;
+        registry.register(Box::new(self.headers_dropped.clone()))?;
         Ok(())
     }
 

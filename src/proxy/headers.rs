@@ -1,35 +1,56 @@
-//! Which request and response headers never cross the sidecar: the app's own credentials,
-//! hop-by-hop headers (and whatever `Connection` lists), and the method/URL override headers
-//! some servers honour, which would let a request be checked as one thing and executed as
-//! another.
+//! Which request and response headers cross the sidecar.
+//!
+//! Toward Twilio, secure by construction: only the headers Twilio's APIs use are forwarded —
+//! content type, length and encoding, `Accept*`, `User-Agent`, `Twilio-*`/`X-Twilio-*`/
+//! `I-Twilio-*` (idempotency) except the signatures the sidecar itself makes, and the names
+//! in `upstream.forward_headers`. Everything else is dropped, however it is spelled: the app's
+//! own credentials, cookies, hop-by-hop headers, and the method/URL override headers some
+//! servers honour (`X-HTTP-Method-Override`, `X_Original_URL`, `X-Envoy-Original-Path`…),
+//! which would let a request be checked as one thing and executed as another.
+//!
+//! From Twilio, and on the webhook listener: hop-by-hop headers (and whatever `Connection`
+//! lists) are dropped, everything else passes.
 
 use http::header::{self, HeaderName};
 use http::HeaderMap;
 
-/// Headers an app may not pass to Twilio.
-static STRIPPED_REQUEST_HEADERS: [HeaderName; 21] = [
+/// Standard headers forwarded to Twilio.
+static FORWARDED_REQUEST_HEADERS: [HeaderName; 8] = [
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+    header::CONTENT_ENCODING,
+    header::ACCEPT,
+    header::ACCEPT_ENCODING,
+    header::ACCEPT_CHARSET,
+    header::ACCEPT_LANGUAGE,
+    header::USER_AGENT,
+];
+
+/// Dropped without being counted: what every request may carry and the sidecar replaces or
+/// handles itself (credentials, framing, the connection, its request id).
+static EXPECTED_DROPS: [HeaderName; 9] = [
     header::AUTHORIZATION,
     header::PROXY_AUTHORIZATION,
-    header::COOKIE,
     header::HOST,
     header::CONNECTION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::FORWARDED,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
-    HeaderName::from_static("x-http-method-override"),
-    HeaderName::from_static("x-http-method"),
-    HeaderName::from_static("x-method-override"),
-    HeaderName::from_static("x-original-url"),
-    HeaderName::from_static("x-rewrite-url"),
-    HeaderName::from_static("x-original-method"),
-    HeaderName::from_static("x-forwarded-host"),
-    HeaderName::from_static("x-forwarded-proto"),
-    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-request-id"),
 ];
+
+/// Whether the app's header `name` is forwarded to Twilio.
+fn forwarded(name: &HeaderName, extra: &[HeaderName]) -> bool {
+    if FORWARDED_REQUEST_HEADERS.contains(name) || extra.contains(name) {
+        return true;
+    }
+    // Header names are lower-case here.
+    let n = name.as_str();
+    (n.starts_with("twilio-") || n.starts_with("x-twilio-") || n.starts_with("i-twilio-"))
+        && n != "twilio-client-validation"
+        && n != "x-twilio-signature"
+}
 
 /// Hop-by-hop headers, dropped from Twilio's responses and from webhooks and their answers;
 /// hyper frames the body itself. (A request's `TE` and `Proxy-Authorization` are hop-by-hop
@@ -45,24 +66,28 @@ static HOP_BY_HOP_HEADERS: [HeaderName; 7] = [
     HeaderName::from_static("proxy-connection"),
 ];
 
-/// Removes from the app's request everything in [`STRIPPED_REQUEST_HEADERS`] and whatever its
-/// `Connection` header lists.
-pub(super) fn strip_request_headers(headers: &mut HeaderMap) {
+/// Keeps only the app's headers that are [`forwarded`] (`extra`: `upstream.forward_headers`).
+/// Returns how many it dropped that are not among the [`EXPECTED_DROPS`], for the metric.
+pub(super) fn strip_request_headers(headers: &mut HeaderMap, extra: &[HeaderName]) -> u64 {
     if lists_other_headers(headers) {
+        // `Connection: user-agent` makes even a forwardable header this hop's only.
         remove_connection_listed(headers);
     }
-    // One pass over the few headers the app sent, rather than a lookup per name we strip.
+    // One pass over the few headers the app sent, collecting what to drop.
     let mut doomed: [Option<HeaderName>; 8] = Default::default();
     let mut n = 0;
+    let mut unexpected = 0;
+    let mut overflow = false;
     for name in headers.keys() {
-        if STRIPPED_REQUEST_HEADERS.contains(name) {
-            if n == doomed.len() {
-                // Unusually many: remove every stripped name the slow way.
-                for name in STRIPPED_REQUEST_HEADERS.iter() {
-                    headers.remove(name);
-                }
-                return;
-            }
+        if forwarded(name, extra) {
+            continue;
+        }
+        if !EXPECTED_DROPS.contains(name) {
+            unexpected += 1;
+        }
+        if n == doomed.len() {
+            overflow = true;
+        } else {
             doomed[n] = Some(name.clone());
             n += 1;
         }
@@ -70,6 +95,18 @@ pub(super) fn strip_request_headers(headers: &mut HeaderMap) {
     for name in doomed.iter().take(n).flatten() {
         headers.remove(name);
     }
+    if overflow {
+        // Unusually many: a second pass over what is left.
+        let rest: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| !forwarded(name, extra))
+            .cloned()
+            .collect();
+        for name in &rest {
+            headers.remove(name);
+        }
+    }
+    unexpected
 }
 
 /// Removes hop-by-hop headers (and whatever `Connection` lists): from Twilio's responses, and
@@ -139,14 +176,38 @@ mod tests {
             ("x-custom-hop", "1"),
             ("x-http-method-override", "DELETE"),
             ("x-original-url", "/2010-04-01/Accounts/AC1/Keys.json"),
+            ("x_http_method_override", "DELETE"),
+            ("x-http_method-override", "DELETE"),
+            ("x_original_url", "/x"),
+            ("x-envoy-original-path", "/x"),
+            ("x-forwarded-uri", "/x"),
+            ("x-forwarded-method", "DELETE"),
+            ("twilio-client-validation", "forged"),
             ("content-type", "application/x-www-form-urlencoded"),
             ("user-agent", "twilio-python/9"),
+            ("x-twilio-client", "python"),
+            ("i-twilio-idempotency-token", "abc"),
+            ("x-custom-tracing", "1"),
         ] {
             h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
-        strip_request_headers(&mut h);
-        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(left, ["content-type", "user-agent"]);
+        let extra = [HeaderName::from_static("x-custom-tracing")];
+        let unexpected = strip_request_headers(&mut h, &extra);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            [
+                "content-type",
+                "i-twilio-idempotency-token",
+                "user-agent",
+                "x-custom-tracing",
+                "x-twilio-client",
+            ]
+        );
+        // Authorization, Proxy-Authorization and Connection are expected, and what Connection
+        // lists goes as hop-by-hop; the other ten are counted.
+        assert_eq!(unexpected, 10);
     }
 
     #[test]

@@ -91,7 +91,10 @@ impl Proxy {
             AppBody::Streaming(body)
         };
         let attached = self.credential(account, record.account).await?;
-        upstream_head(state, &mut parts, &target, &attached)?;
+        let dropped = upstream_head(state, &mut parts, &target, &attached)?;
+        if dropped > 0 {
+            self.metrics.proxy.headers_dropped.inc_by(dropped);
+        }
         let pkcv = account.pkcv.as_ref();
         let (body, buffered) = upstream_body(state, body, &attached, pkcv.is_some()).await?;
         if let (Some(signer), Some(body)) = (pkcv, &buffered) {
@@ -523,15 +526,15 @@ fn target(hosts: &Hosts, parts: &Parts, admission: &Admission<'_>) -> Result<Tar
     })
 }
 
-/// Phase 6 — **upstream request**, its head: the URI becomes `https://{host}{path}`; the
-/// app's credentials, hop-by-hop and method/URL-override headers are stripped and
-/// `Authorization` attached.
+/// Phase 6 — **upstream request**, its head: the URI becomes `https://{host}{path}`; only
+/// the headers Twilio's APIs use are kept ([`super::headers`]) and `Authorization`
+/// attached. Returns how many unexpected headers were dropped.
 fn upstream_head(
     state: &State,
     parts: &mut Parts,
     target: &Target,
     attached: &Attached,
-) -> Result<(), Refusal> {
+) -> Result<u64, Refusal> {
     let hosts = &state.gate.router.hosts;
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(Scheme::HTTPS);
@@ -542,7 +545,7 @@ fn upstream_head(
         // Chunked framing wins over a stated length; never forward both.
         parts.headers.remove(header::CONTENT_LENGTH);
     }
-    strip_request_headers(&mut parts.headers);
+    let dropped = strip_request_headers(&mut parts.headers, &state.config.upstream.forward_headers);
     if target.paging.is_some() {
         // Paging links can only be rewritten in a body that is not compressed.
         parts.headers.insert(
@@ -555,7 +558,7 @@ fn upstream_head(
         .insert(header::AUTHORIZATION, attached.header.clone());
     // hyper picks HTTP/2 or 1.1 upstream by ALPN, whatever the app spoke.
     parts.version = Version::HTTP_11;
-    Ok(())
+    Ok(dropped)
 }
 
 /// Phase 6 — **upstream request**, its body: it never exceeds `limits.max_request_body` on

@@ -30,6 +30,7 @@ fn pool() -> Arc<ConnectionPool> {
         queue_timeout: Duration::from_secs(5),
         max_queued: 1000,
         retry_429: 3,
+        forward_headers: Vec::new(),
     };
     let (connector, _) = tls::connector(&settings, &[]).unwrap();
     Arc::new(ConnectionPool::new(

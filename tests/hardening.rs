@@ -1,0 +1,62 @@
+//! Regression tests for the second adversarial review (issue 16), against the real binary:
+//! override headers in every spelling never reach Twilio (only the headers Twilio's APIs use
+//! are forwarded); browsers cannot drive the proxy or the admin port.
+
+mod common;
+
+use common::*;
+
+fn messages() -> String {
+    format!("/2010-04-01/Accounts/{SID}/Messages.json")
+}
+
+#[tokio::test]
+async fn only_headers_twilio_uses_are_forwarded_whatever_the_spelling_of_the_rest() {
+    let h = Harness::start_with(|ctx| {
+        standard_config(ctx, "forward_headers = [\"X-Trace-Id\"]", POLICY)
+    })
+    .await;
+    let sneaky = [
+        ("X_HTTP_Method_Override", "DELETE"),
+        ("X-HTTP_Method-Override", "DELETE"),
+        ("X_Method_Override", "DELETE"),
+        ("X_Original_URL", "/2010-04-01/Accounts/AC1/Keys.json"),
+        ("X_Rewrite_URL", "/2010-04-01/Accounts/AC1/Keys.json"),
+        ("X-Forwarded-Method", "DELETE"),
+        ("X-Original-URI", "/2010-04-01/Accounts/AC1/Keys.json"),
+        ("X-Forwarded-Uri", "/2010-04-01/Accounts/AC1/Keys.json"),
+        (
+            "X-Envoy-Original-Path",
+            "/2010-04-01/Accounts/AC1/Keys.json",
+        ),
+        ("X-Rewrite-URI", "/2010-04-01/Accounts/AC1/Keys.json"),
+        ("Cookie", "session=1"),
+        ("Twilio-Client-Validation", "forged.jwt"),
+    ];
+    let kept = [
+        ("Content-Type", "application/x-www-form-urlencoded"),
+        ("User-Agent", "twilio-python/9.13.0"),
+        ("Accept", "application/json"),
+        ("Accept-Charset", "utf-8"),
+        ("X-Twilio-Client", "python-9.13.0"),
+        ("I-Twilio-Idempotency-Token", "idem-1"),
+        ("X-Trace-Id", "trace-1"),
+    ];
+    let headers: Vec<(&str, &str)> = sneaky.iter().chain(kept.iter()).copied().collect();
+    let resp = h
+        .send("POST", &messages(), &headers, b"To=%2B15558675310")
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let r = h.stand_in.requests().pop().unwrap();
+    for (name, _) in sneaky {
+        assert!(r.header_values(name).is_empty(), "{name} reached Twilio");
+    }
+    for (name, value) in kept {
+        assert_eq!(r.header_values(name), [value], "{name} was not forwarded");
+    }
+    let metrics = h.metrics().await;
+    assert!(
+        metrics.contains("twilio_sidecar_request_headers_dropped_total 12"),
+        "{metrics}"
+    );
+}
