@@ -38,11 +38,12 @@ step() {
 step "catalogue matches vendor/twilio-oai" python3 scripts/gen_catalogue.py --check
 
 rust_tests() {
-  cargo test --locked 2>&1 | tee "$work/cargo.log"
+  cargo test --locked --no-fail-fast 2>&1 | tee "$work/cargo.log"
 }
 sdk_tests() {
   # Needs the packages above, so it is #[ignore]d in a plain `cargo test`.
-  cargo test --locked --test sdk_interop -- --ignored 2>&1 | tee -a "$work/cargo.log"
+  # Two at a time: each starts a sidecar, SDK processes and (for some) Prism, on 2 cores.
+  cargo test --locked --test sdk_interop -- --ignored --test-threads=2 2>&1 | tee -a "$work/cargo.log"
 }
 soak() {
   # The short profile of the soak under faults (the long one: benches/SOAK.md).

@@ -268,7 +268,17 @@ impl Sidecar {
         let mut socket_path = None;
         if let Some((listener, path)) = self.unix_listener {
             info!(path = %path.display(), "proxy listening on unix socket");
-            proxy_servers.push(tokio::spawn(serve(listener, handler, stopped(), options)));
+            let proxy = proxy.clone();
+            let unix_handler = move |req: Request<Incoming>| {
+                let proxy = proxy.clone();
+                async move { proxy.serve_unix_request(req).await }
+            };
+            proxy_servers.push(tokio::spawn(serve(
+                listener,
+                unix_handler,
+                stopped(),
+                options,
+            )));
             socket_path = Some(path);
         }
         let admin_server = tokio::spawn(serve(

@@ -80,6 +80,17 @@ pub const CODES: &[ErrorCode] = &[
                  access_tokens) configured.",
     },
     ErrorCode {
+        code: 79407,
+        status: 403,
+        meaning: "The request looks like a web browser's: it carries Origin or Sec-Fetch-* \
+                  (which no Twilio SDK sends), or a Host that is neither a Twilio host, an IP \
+                  address, localhost nor one of listen.names (a DNS-rebinding page sends its \
+                  own name). A web page the user visits must not be able to use the app's \
+                  Twilio access.",
+        remedy: "Call the sidecar from your server-side code, not from a browser. If apps reach \
+                 the sidecar by a host name (a gateway's Service name), add it to listen.names.",
+    },
+    ErrorCode {
         code: 79408,
         status: 504,
         meaning: "The whole request took longer than limits.request_timeout.",

@@ -110,14 +110,13 @@ async fn tokens_are_minted_signed_and_shaped_like_the_sdks() {
     assert!(v["expires_at"].as_str().unwrap().ends_with('Z'));
     // Minted here: Twilio never saw it.
     assert!(h.stand_in.requests().is_empty());
-    // Never in the logs or the metrics; the identity is in the access log.
-    for line in h.logs() {
+    // Never in the logs or the metrics; the identity is in the access log (written just
+    // after the response, so waited for).
+    let logs = h.logs_after("\"identity\":\"user-123\"").await;
+    for line in &logs {
         assert!(!line.contains(token), "{line}");
     }
-    assert!(h
-        .logs()
-        .iter()
-        .any(|l| l.contains("\"identity\":\"user-123\"")));
+    assert!(logs.iter().any(|l| l.contains("\"identity\":\"user-123\"")));
     let m = h.metrics().await;
     assert!(!m.contains(token));
     assert!(

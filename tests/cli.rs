@@ -460,12 +460,15 @@ files = ["extra.json"]
 fn check_agrees_with_the_proxy_on_refusals() {
     let dir = tempfile::tempdir().unwrap();
     let config = good_config(dir.path());
-    // A gateway: apps reach it by a Service name on its listen port.
-    let text = std::fs::read_to_string(&config).unwrap().replacen(
-        "address = \"127.0.0.1:0\"",
-        "address = \"0.0.0.0:8080\"",
-        1,
-    );
+    // A gateway: apps reach it by a Service name on its listen port, which it lists.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replacen("address = \"127.0.0.1:0\"", "address = \"0.0.0.0:8080\"", 1)
+        .replacen(
+            "names = [\"sidecar.local\"]",
+            "names = [\"gateway.internal\"]",
+            1,
+        );
     std::fs::write(&config, text).unwrap();
     let run = |method: &str, url: &str| {
         let out = sidecar_command()
@@ -496,6 +499,13 @@ fn check_agrees_with_the_proxy_on_refusals() {
         &format!("http://gateway.internal:8080/2010-04-01/Accounts/{SID}/Messages.json"),
     );
     assert_eq!(code, Some(0), "{text}");
+    // A name it does not list is what a DNS-rebinding page sends: refused as the proxy does.
+    let (code, text) = run(
+        "GET",
+        &format!("http://rebind.evil.example:8080/2010-04-01/Accounts/{SID}/Messages.json"),
+    );
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("(code 79407)"), "{text}");
     // The policy allows any account's recordings, but the account is not configured: one
     // decision, refused, with the proxy's code.
     let other = "AC99999999999999999999999999999999";

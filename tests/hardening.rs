@@ -1,6 +1,6 @@
 //! Regression tests for the second adversarial review (issue 16), against the real binary:
 //! override headers in every spelling never reach Twilio (only the headers Twilio's APIs use
-//! are forwarded); browsers cannot drive the proxy or the admin port.
+//! are forwarded); web pages cannot drive the proxy.
 
 mod common;
 
@@ -57,6 +57,56 @@ async fn only_headers_twilio_uses_are_forwarded_whatever_the_spelling_of_the_res
     let metrics = h.metrics().await;
     assert!(
         metrics.contains("twilio_sidecar_request_headers_dropped_total 12"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn web_pages_cannot_drive_the_proxy() {
+    let h = Harness::start().await;
+    let form = ("Content-Type", "application/x-www-form-urlencoded");
+    let body = b"To=%2B15558675310&Body=hi";
+    // A cross-site form post (no preflight needed), and fetch() metadata.
+    for browser in [
+        ("Origin", "https://evil.example"),
+        ("Origin", "null"),
+        ("Sec-Fetch-Site", "cross-site"),
+        ("Sec-Fetch-Mode", "no-cors"),
+    ] {
+        let resp = h.send("POST", &messages(), &[form, browser], body).await;
+        assert_eq!(resp.twilio_error(403), 79407, "{browser:?}");
+    }
+    // DNS rebinding: the page's own name, with same-origin metadata stripped or not.
+    for host in [
+        "rebind.evil.example:8080",
+        "evil.example",
+        "api.twilio.com.evil.example",
+    ] {
+        let resp = h
+            .send("POST", &messages(), &[form, ("Host", host)], body)
+            .await;
+        assert_eq!(resp.twilio_error(403), 79407, "{host}");
+        assert!(resp.text().contains("listen.names"), "{}", resp.text());
+    }
+    assert!(
+        h.stand_in.requests().is_empty(),
+        "a browser's request reached Twilio"
+    );
+    // What SDKs send still works: the sidecar's address, localhost, a Twilio host.
+    for host in [
+        h.proxy.to_string(),
+        "localhost:8080".into(),
+        "[::1]:8080".into(),
+        "api.twilio.com".into(),
+    ] {
+        let resp = h
+            .send("POST", &messages(), &[form, ("Host", &host)], body)
+            .await;
+        assert_eq!(resp.status, 200, "{host}: {}", resp.text());
+    }
+    let metrics = h.metrics().await;
+    assert!(
+        metrics.contains("twilio_sidecar_browser_refusals_total 7"),
         "{metrics}"
     );
 }

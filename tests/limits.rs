@@ -80,7 +80,7 @@ async fn an_oversized_body_gets_413_and_never_reaches_twilio() {
         .contains("max_request_body"));
     // Chunked, so the size is only known while reading.
     let mut raw = format!(
-        "POST {} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        "POST {} HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
         messages()
     )
     .into_bytes();
@@ -102,7 +102,7 @@ async fn an_oversized_body_gets_413_and_never_reaches_twilio() {
         200
     );
     let mut raw = format!(
-        "POST {} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        "POST {} HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
         messages()
     )
     .into_bytes();
@@ -121,7 +121,7 @@ async fn slow_clients_and_slow_requests_are_cut_off() {
     // A client that never finishes its headers is disconnected.
     let mut stream = tokio::net::TcpStream::connect(h.proxy).await.unwrap();
     stream
-        .write_all(b"GET /2010-04-01/Accounts HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .write_all(b"GET /2010-04-01/Accounts HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
         .await
         .unwrap();
     let started = Instant::now();
@@ -153,7 +153,7 @@ async fn sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_zero() {
     let proxy = h.proxy;
     let in_flight = tokio::spawn(async move {
         let raw = format!(
-            "POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            "POST {} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             messages()
         );
         raw_request(proxy, raw.as_bytes()).await

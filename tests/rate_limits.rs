@@ -309,7 +309,7 @@ async fn sigterm_during_a_backoff_drains_the_request() {
     let proxy = h.proxy;
     let in_flight = tokio::spawn(async move {
         let raw = format!(
-            "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "GET {} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
             messages()
         );
         raw_request(proxy, raw.as_bytes()).await

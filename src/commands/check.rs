@@ -76,6 +76,17 @@ pub fn check_as(
 
     let mut out = String::new();
     let _ = writeln!(out, "request:  {method} {url}");
+    if let Err(refusal) = gate.refuse_browsers(&parts, true) {
+        let e = ProxyError::from(refusal);
+        let _ = writeln!(
+            out,
+            "decision: refused: {} {} (code {}): {e}",
+            e.status().as_u16(),
+            e.status().canonical_reason().unwrap_or(""),
+            e.code()
+        );
+        return (out, CHECK_DENIED);
+    }
     if !gate.clients.is_empty() {
         let _ = writeln!(out, "client:   {}", gate.client_label(caller));
         if caller == Caller::Anonymous && !gate.anonymous {

@@ -32,6 +32,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `listen.unix`: also serve apps on this unix socket.
     pub unix: Option<UnixListen>,
+    /// `listen.names`: host names apps reach the proxy by (a gateway's Service name), accepted
+    /// in `Host` besides Twilio hosts, IP addresses and `localhost`.
+    pub names: Vec<String>,
     /// `listen.workers`: threads serving the proxy listeners, one runtime each (default: one
     /// per CPU).
     pub workers: usize,

@@ -13,7 +13,7 @@ use super::{Config, DEFAULT_ADMIN, DEFAULT_LISTEN};
 
 pub(super) fn read_config(table: &toml::Table, base: &Path, d: &mut Diagnostics) -> Option<Config> {
     let mut root = Section::new("", table);
-    let (listen, unix, workers) = read_listen(&mut root, d, base);
+    let (listen, unix, workers, names) = read_listen(&mut root, d, base);
     let (admin, error_docs_url) = read_admin(&mut root, d);
     let upstream = read_upstream(&mut root, d, base);
     let accounts = read_accounts(&mut root, d, base);
@@ -46,6 +46,7 @@ pub(super) fn read_config(table: &toml::Table, base: &Path, d: &mut Diagnostics)
         path: None,
         listen,
         unix,
+        names,
         workers,
         admin,
         error_docs_url,
@@ -124,7 +125,7 @@ fn read_listen(
     root: &mut Section<'_>,
     d: &mut Diagnostics,
     base: &Path,
-) -> (Option<SocketAddr>, Option<UnixListen>, usize) {
+) -> (Option<SocketAddr>, Option<UnixListen>, usize, Vec<String>) {
     let fallback = DEFAULT_LISTEN.parse().ok();
     let Some(mut s) = root.table(d, "listen") else {
         let address = if root.get("listen").is_some() {
@@ -132,8 +133,14 @@ fn read_listen(
         } else {
             fallback
         };
-        return (address, None, default_workers());
+        return (address, None, default_workers(), Vec::new());
     };
+    let names: Vec<String> = s
+        .strings(d, "names")
+        .unwrap_or_default()
+        .into_iter()
+        .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+        .collect();
     let workers = match s.count(d, "workers") {
         Some(0) => {
             d.error(s.key("workers"), "must be at least 1");
@@ -170,7 +177,7 @@ fn read_listen(
         })
     });
     s.finish(d);
-    (address, unix, workers)
+    (address, unix, workers, names)
 }
 
 /// `[reload]`: every key optional.

@@ -41,7 +41,16 @@ pub struct Gate {
     /// Whether a request without client credentials is served (under `policy`): always
     /// without clients, with them only when `policy.anonymous` says so.
     pub anonymous: bool,
+    /// `listen.names`: names `Host` may carry besides Twilio's, IP addresses and `localhost`.
+    local_names: Vec<String>,
 }
+
+/// Headers only web browsers send: a request with one is a web page driving the sidecar.
+static BROWSER_HEADERS: [http::HeaderName; 3] = [
+    http::header::ORIGIN,
+    http::HeaderName::from_static("sec-fetch-site"),
+    http::HeaderName::from_static("sec-fetch-mode"),
+];
 
 /// A request that passed phases 1–4.
 #[derive(Debug, Clone, Copy)]
@@ -147,8 +156,55 @@ impl Gate {
                 origins,
                 clients,
                 anonymous: config.clients.is_empty() || config.policy.anonymous,
+                local_names: config.names.clone(),
             }),
             _ => Err(problems),
+        }
+    }
+
+    /// Phase 0 — **browsers**: no Twilio SDK sends `Origin` or `Sec-Fetch-*`, so a request
+    /// with one is a web page using the app's sidecar (a cross-site form post needs no
+    /// preflight); and, with `check_host` (a TCP listener), an origin-form request's `Host`
+    /// must be a Twilio host, an IP address, `localhost` or one of `listen.names` — a
+    /// DNS-rebinding page sends its own name. Absolute-form targets are the router's to check.
+    pub fn refuse_browsers(&self, parts: &Parts, check_host: bool) -> Result<(), Refusal> {
+        if let Some(name) = BROWSER_HEADERS
+            .iter()
+            .find(|h| parts.headers.contains_key(*h))
+        {
+            return Err(Refusal::Browser(format!(
+                "the request carries {name}, which only web browsers send"
+            )));
+        }
+        if !check_host || (parts.uri.authority().is_some() && parts.version < http::Version::HTTP_2)
+        {
+            return Ok(());
+        }
+        let host = match parts.uri.authority() {
+            Some(a) => Some(a.as_str()),
+            None => parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok()),
+        };
+        let Some(host) = host else {
+            return Ok(());
+        };
+        let name = route::split_port(host).0;
+        let bare = name.trim_start_matches('[').trim_end_matches(']');
+        let ours = crate::config::hosts::is_twilio_name(name)
+            || bare.parse::<std::net::IpAddr>().is_ok()
+            || name.eq_ignore_ascii_case("localhost")
+            || self
+                .local_names
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(name));
+        if ours {
+            Ok(())
+        } else {
+            Err(Refusal::Browser(format!(
+                "Host {name:?} is neither a Twilio host nor this sidecar's address (a DNS-rebinding page sends its own name); if apps reach the sidecar by this name, add it to listen.names"
+            )))
         }
     }
 

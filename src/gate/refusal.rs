@@ -38,6 +38,10 @@ pub enum Refusal {
     /// Bad or ambiguous request target / Host.
     #[error("the request target was refused: {0}")]
     BadTarget(String),
+    /// A web browser's request (`Origin`, `Sec-Fetch-*`), or one whose `Host` is a name the
+    /// sidecar does not answer to (DNS rebinding): no Twilio SDK sends either.
+    #[error("twilio-sidecar refuses requests from web browsers: {0}")]
+    Browser(String),
     /// The parameters a rule's conditions check cannot be read one way only: invalid
     /// percent-encoding, text that is not UTF-8, a raw `;`.
     #[error("the request's parameters are malformed: {0}")]
@@ -69,7 +73,8 @@ impl Refusal {
             Refusal::Denied { .. }
             | Refusal::HostNotAllowed(_)
             | Refusal::UnknownAccount(_)
-            | Refusal::AccountNotAllowed { .. } => StatusCode::FORBIDDEN,
+            | Refusal::AccountNotAllowed { .. }
+            | Refusal::Browser(_) => StatusCode::FORBIDDEN,
             Refusal::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Refusal::NonCanonicalPath(_) | Refusal::BadTarget(_) | Refusal::BadParams(_) => {
                 StatusCode::BAD_REQUEST
@@ -88,6 +93,7 @@ impl Refusal {
             Refusal::Unauthenticated(_) => 20003,
             Refusal::NonCanonicalPath(_) => 79400,
             Refusal::BadTarget(_) => 79401,
+            Refusal::Browser(_) => 79407,
             Refusal::BadParams(_) => 79410,
             Refusal::HostNotAllowed(_) => 79403,
             Refusal::UnknownAccount(_) => 79404,

@@ -343,7 +343,7 @@ fn authority_host(authority: &str, absolute: bool) -> Result<&str, Refusal> {
     Ok(host)
 }
 
-fn split_port(authority: &str) -> (&str, Option<&str>) {
+pub(crate) fn split_port(authority: &str) -> (&str, Option<&str>) {
     if authority.starts_with('[') {
         // IPv6 literal: never a Twilio host, but parse it so the port does not confuse us.
         return match authority.find(']') {

@@ -87,6 +87,8 @@ pub struct ProxyMetrics {
     pub queued: prometheus::IntGaugeVec,
     /// App request headers not forwarded to Twilio (beyond credentials and hop-by-hop ones).
     pub headers_dropped: IntCounter,
+    /// Requests refused as a web browser's (`Origin`, `Sec-Fetch-*`, a foreign `Host`).
+    pub browser_refusals: IntCounter,
 }
 
 impl ProxyMetrics {
@@ -213,6 +215,10 @@ impl ProxyMetrics {
                 ),
                 &["account"],
             )?,
+            browser_refusals: IntCounter::new(
+                "browser_refusals_total",
+                "Requests refused (403, 79407) as a web browser's: Origin or Sec-Fetch-* headers, or a Host the sidecar does not answer to (DNS rebinding).",
+            )?,
             headers_dropped: IntCounter::new(
                 "request_headers_dropped_total",
                 "App request headers not forwarded to Twilio because its APIs do not use them (credentials and hop-by-hop headers not counted); upstream.forward_headers adds names.",
@@ -245,6 +251,7 @@ impl ProxyMetrics {
         registry.register(Box::new(self.queue_refusals.clone()))?;
         registry.register(Box::new(self.queued.clone()))?;
         registry.register(Box::new(self.headers_dropped.clone()))?;
+        registry.register(Box::new(self.browser_refusals.clone()))?;
         Ok(())
     }
 

@@ -209,6 +209,7 @@ mod tests {
         let errors = [
             ProxyError::from(Refusal::NonCanonicalPath(String::new())),
             ProxyError::from(Refusal::BadTarget(String::new())),
+            ProxyError::from(Refusal::Browser(String::new())),
             ProxyError::from(Refusal::BadParams(String::new())),
             ProxyError::BadBody(String::new()),
             ProxyError::TunnelFailed(String::new()),

@@ -75,6 +75,8 @@ struct Record<'s> {
     retries: u8,
     /// When `limits.request_timeout` runs out: 429 backoffs never sleep past it.
     deadline: Option<tokio::time::Instant>,
+    /// Whether `Host` must be one the sidecar answers to (TCP listener requests).
+    check_host: bool,
 }
 
 impl Default for Record<'_> {
@@ -91,6 +93,7 @@ impl Default for Record<'_> {
             identity: None,
             retries: 0,
             deadline: None,
+            check_host: false,
         }
     }
 }
@@ -161,7 +164,18 @@ impl Proxy {
     pub async fn serve_request(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         match self.permits.try_acquire() {
             Ok(_permit) if req.method() == Method::CONNECT => self.connect(req),
-            Ok(_permit) => self.handle(req).await,
+            Ok(_permit) => self.handle_in(req, None, true).await,
+            Err(_) => self.shed(req.method(), req.uri(), req.headers().get(X_REQUEST_ID)),
+        }
+    }
+
+    /// [`Proxy::serve_request`] for the unix socket listener: no web page can reach it, and
+    /// its clients' `Host` is often the socket's path, so `Host` is not checked
+    /// ([`crate::gate::Gate::refuse_browsers`]).
+    pub async fn serve_unix_request(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        match self.permits.try_acquire() {
+            Ok(_permit) if req.method() == Method::CONNECT => self.connect(req),
+            Ok(_permit) => self.handle_in(req, None, false).await,
             Err(_) => self.shed(req.method(), req.uri(), req.headers().get(X_REQUEST_ID)),
         }
     }
@@ -183,14 +197,16 @@ impl Proxy {
 
     /// Handles one request from the app. Never fails: refusals become Twilio-shaped errors.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
-        self.handle_in(req, None).await
+        self.handle_in(req, None, true).await
     }
 
-    /// [`Proxy::handle`] for a request that came in plain, or through `tunnel`.
+    /// [`Proxy::handle`] for a request that came in plain, or through `tunnel`; `check_host`
+    /// for a TCP listener's requests (see [`crate::gate::Gate::refuse_browsers`]).
     async fn handle_in(
         &self,
         req: Request<Incoming>,
         tunnel: Option<&tunnel::Tunnel>,
+        check_host: bool,
     ) -> Response<Body> {
         let started = Instant::now();
         self.metrics.proxy.in_flight.inc();
@@ -206,6 +222,7 @@ impl Proxy {
         let limit = state.config.limits.request_timeout;
         let mut record = Record {
             deadline: Some(tokio::time::Instant::from_std(started + limit)),
+            check_host,
             ..Record::default()
         };
         let outcome =

@@ -66,6 +66,12 @@ impl Proxy {
         tunnel: Option<&Tunnel>,
     ) -> Result<Response<Body>, ProxyError> {
         let (mut parts, body) = req.into_parts();
+        // Phase 0 — browsers: a web page driving the sidecar is refused before anything else
+        // (before a 401 could make a browser ask its user for credentials).
+        if let Err(refusal) = state.gate.refuse_browsers(&parts, record.check_host) {
+            self.metrics.proxy.browser_refusals.inc();
+            return Err(refusal.into());
+        }
         let caller = match tunnel {
             Some(tunnel) => self.tunnel_caller(state, tunnel, record)?,
             None => self.identify(state, &parts.headers, record)?,

@@ -233,7 +233,7 @@ impl Proxy {
     /// caller.
     async fn serve_tunneled(&self, req: Request<Incoming>, tunnel: &Tunnel) -> Response<Body> {
         match self.permits.try_acquire() {
-            Ok(_permit) => self.handle_in(req, Some(tunnel)).await,
+            Ok(_permit) => self.handle_in(req, Some(tunnel), false).await,
             Err(_) => self.shed(
                 req.method(),
                 req.uri(),

@@ -101,6 +101,8 @@ pub fn listeners_and_upstream(ctx: &Ctx) -> String {
         r#"
 [listen]
 address = "127.0.0.1:0"
+# What some tests call the sidecar in Host, as apps call a gateway by its Service name.
+names = ["sidecar.local"]
 
 [admin]
 address = "127.0.0.1:0"
