@@ -302,3 +302,44 @@ async fn a_chunked_body_over_the_limit_is_refused_before_signing() {
     assert_eq!(resp.twilio_error(413), 79413);
     assert!(h.stand_in.requests().is_empty());
 }
+
+#[tokio::test]
+async fn a_429_retry_is_signed_again() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let h = Harness::start_with(|ctx| config(ctx, "")).await;
+    let seen = AtomicUsize::new(0);
+    h.stand_in.set_responder(move |r: &Recorded| {
+        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+            twilio_sidecar::dev::stand_in::Reply {
+                status: http::StatusCode::TOO_MANY_REQUESTS,
+                headers: vec![("retry-after".into(), "1".into())],
+                body: bytes::Bytes::from_static(b"{\"code\": 20429}"),
+                delay: std::time::Duration::ZERO,
+            }
+        } else {
+            twilio_sidecar::dev::stand_in::echo(r)
+        }
+    });
+    let body = b"To=%2B15558675310&Body=again";
+    let resp = h
+        .send(
+            "POST",
+            &format!("/2010-04-01/Accounts/{SID}/Messages.json"),
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            body,
+        )
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let got = h.stand_in.requests();
+    assert_eq!(got.len(), 2);
+    let public = public_key("key-a.pk8.pem");
+    for r in &got {
+        check_signed(r, &public, CR_A);
+    }
+    // A new token for the retry, a second later: not the first one sent again.
+    let tokens: Vec<String> = got
+        .iter()
+        .map(|r| r.header_values("twilio-client-validation")[0].clone())
+        .collect();
+    assert_ne!(tokens[0], tokens[1]);
+}
