@@ -615,6 +615,8 @@ address = "127.0.0.1:0"
 connect_to = "{up}"
 ca_file = "chaos-ca.pem"
 allowed_hosts = ["api.twilio.com", "verify.twilio.com"]
+# The fault the stand-in should inject rides on this header.
+forward_headers = ["x-chaos"]
 connect_timeout = "1s"
 request_timeout = "1s"
 [reload]

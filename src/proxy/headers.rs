@@ -2,8 +2,8 @@
 //!
 //! Toward Twilio, secure by construction: only the headers Twilio's APIs use are forwarded —
 //! content type, length and encoding, `Accept*`, `User-Agent`, `Twilio-*`/`X-Twilio-*`/
-//! `I-Twilio-*` (idempotency) except the signatures the sidecar itself makes, and the names
-//! in `upstream.forward_headers`. Everything else is dropped, however it is spelled: the app's
+//! `I-Twilio-*` (idempotency) except the signatures the sidecar itself makes, the app's
+//! `X-Request-Id`, and the names in `upstream.forward_headers`. Everything else is dropped, however it is spelled: the app's
 //! own credentials, cookies, hop-by-hop headers, and the method/URL override headers some
 //! servers honour (`X-HTTP-Method-Override`, `X_Original_URL`, `X-Envoy-Original-Path`…),
 //! which would let a request be checked as one thing and executed as another.
@@ -14,8 +14,10 @@
 use http::header::{self, HeaderName};
 use http::HeaderMap;
 
-/// Standard headers forwarded to Twilio.
-static FORWARDED_REQUEST_HEADERS: [HeaderName; 8] = [
+/// Standard headers forwarded to Twilio (and the app's request id, which ties Twilio's logs
+/// to the app's).
+static FORWARDED_REQUEST_HEADERS: [HeaderName; 9] = [
+    HeaderName::from_static("x-request-id"),
     header::CONTENT_TYPE,
     header::CONTENT_LENGTH,
     header::CONTENT_ENCODING,
@@ -27,8 +29,8 @@ static FORWARDED_REQUEST_HEADERS: [HeaderName; 8] = [
 ];
 
 /// Dropped without being counted: what every request may carry and the sidecar replaces or
-/// handles itself (credentials, framing, the connection, its request id).
-static EXPECTED_DROPS: [HeaderName; 9] = [
+/// handles itself (credentials, framing, the connection).
+static EXPECTED_DROPS: [HeaderName; 8] = [
     header::AUTHORIZATION,
     header::PROXY_AUTHORIZATION,
     header::HOST,
@@ -37,7 +39,6 @@ static EXPECTED_DROPS: [HeaderName; 9] = [
     header::TRANSFER_ENCODING,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
-    HeaderName::from_static("x-request-id"),
 ];
 
 /// Whether the app's header `name` is forwarded to Twilio.
