@@ -199,6 +199,7 @@ impl Sidecar {
             self.metrics.clone(),
             self.reloader.clone(),
             self.draining.clone(),
+            admin_addr,
         ));
         // Config and secret files are watched from before the first request is served.
         let watcher = crate::control::watch::start(self.reloader.clone(), self.shared.clone());

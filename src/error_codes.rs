@@ -2,9 +2,10 @@
 //! means and what to do about it.
 //!
 //! One table, read by the responses (their `more_info` links to a page made from it), by the
-//! admin listener's `/errors` pages and by a test that keeps the README's table in step. A
-//! leaf: it imports nothing of the crate. Twilio's own codes (70051 for a permission a
-//! restricted key lacks) are documented by Twilio and link there.
+//! admin listener's `/errors` pages and by a test that keeps the README's table in step; and
+//! the JSON body every listener answers with. A leaf: it imports nothing of the crate.
+//! Twilio's own codes (70051 for a permission a restricted key lacks) are documented by
+//! Twilio and link there.
 
 /// One code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +20,10 @@ pub struct ErrorCode {
 
 /// Where Twilio documents its own codes.
 pub const TWILIO_ERRORS_URL: &str = "https://www.twilio.com/docs/errors/";
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
 
 /// Every code the sidecar answers with itself, besides Twilio's 70051.
 pub const CODES: &[ErrorCode] = &[
@@ -96,6 +101,22 @@ pub const CODES: &[ErrorCode] = &[
         meaning: "The whole request took longer than limits.request_timeout.",
         remedy: "Retry; if it keeps happening, look at upstream latency \
                  (twilio_sidecar_upstream_duration_seconds) or raise limits.request_timeout.",
+    },
+    ErrorCode {
+        code: 79409,
+        status: 403,
+        meaning: "The admin listener refused the request: its Host is neither an IP address, \
+                  localhost nor one of listen.names (a DNS-rebinding page sends its own name), \
+                  or a POST carries Origin or Sec-Fetch-Site (a web page).",
+        remedy: "Call the admin port from curl, a probe or a scraper by IP address or \
+                 localhost; if it is reached by a host name, add it to listen.names.",
+    },
+    ErrorCode {
+        code: 79411,
+        status: 415,
+        meaning: "POST /reload was sent with a body or a form or text content type: it takes \
+                  none, so a web page's form post cannot trigger it.",
+        remedy: "Send POST /reload without a body (curl -X POST http://ADMIN/reload).",
     },
     ErrorCode {
         code: 79410,
@@ -257,6 +278,39 @@ pub fn more_info(code: u32, docs: &str) -> String {
     } else {
         format!("{TWILIO_ERRORS_URL}{code}")
     }
+}
+
+/// A response in Twilio's error shape, JSON, with `Retry-After` on a 503 (transient by
+/// nature: it tells clients and SDK retry logic when to come back).
+pub fn twilio_error_response(
+    code: u32,
+    message: &str,
+    status: StatusCode,
+    docs: &str,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(twilio_error_body(code, message, status, docs)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// Serialises Twilio's error shape.
+pub fn twilio_error_body(code: u32, message: &str, status: StatusCode, docs: &str) -> Bytes {
+    let value = serde_json::json!({
+        "code": code,
+        "message": message,
+        "more_info": more_info(code, docs),
+        "status": status.as_u16(),
+    });
+    Bytes::from(value.to_string())
 }
 
 #[cfg(test)]

@@ -110,3 +110,101 @@ async fn web_pages_cannot_drive_the_proxy() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn web_pages_cannot_reload_or_read_the_admin_port() {
+    let h = Harness::start().await;
+    let admin = h.admin;
+    let request = |head: String| async move { raw_request(admin, head.as_bytes()).await };
+    let reloads = || async {
+        let m = h.metrics().await;
+        m.lines()
+            .filter(|l| l.starts_with("twilio_sidecar_config_reloads_total{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum::<u64>()
+    };
+    let before = reloads().await;
+
+    // A cross-site form post from a page: Origin, a simple content type and a body.
+    let resp = request(format!(
+        "POST /reload HTTP/1.1\r\nHost: {admin}\r\nOrigin: https://evil.example\r\nContent-Type: text/plain\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx"
+    ))
+    .await;
+    assert_eq!(resp.twilio_error(403), 79409);
+    let resp = request(format!(
+        "POST /reload HTTP/1.1\r\nHost: {admin}\r\nSec-Fetch-Site: cross-site\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    ))
+    .await;
+    assert_eq!(resp.twilio_error(403), 79409);
+    // Without Origin (an old browser, a redirect), a form or text body is still refused.
+    for (content_type, body) in [
+        ("text/plain", "x"),
+        ("application/x-www-form-urlencoded", ""),
+        ("multipart/form-data; boundary=b", ""),
+        ("TEXT/PLAIN;charset=utf-8", ""),
+    ] {
+        let resp = request(format!(
+            "POST /reload HTTP/1.1\r\nHost: {admin}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ))
+        .await;
+        assert_eq!(resp.twilio_error(415), 79411, "{content_type}");
+    }
+    let resp = request(format!(
+        "POST /reload HTTP/1.1\r\nHost: {admin}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n"
+    ))
+    .await;
+    assert_eq!(resp.twilio_error(415), 79411);
+    assert_eq!(reloads().await, before, "a refused POST /reload reloaded");
+
+    // DNS rebinding: /config and /metrics under the page's own name are refused, and the
+    // refusal shows nothing of the config.
+    for path in ["/config", "/metrics", "/readyz"] {
+        let resp = request(format!(
+            "GET {path} HTTP/1.1\r\nHost: rebind.evil.example:{}\r\nConnection: close\r\n\r\n",
+            admin.port()
+        ))
+        .await;
+        assert_eq!(resp.twilio_error(403), 79409, "{path}");
+        assert!(!resp.text().contains(SID), "{}", resp.text());
+        assert!(resp.text().contains("listen.names"), "{}", resp.text());
+    }
+
+    // What probes, scrapers and operators send still works.
+    for host in [
+        admin.to_string(),
+        format!("localhost:{}", admin.port()),
+        format!("[::1]:{}", admin.port()),
+        "sidecar.local".to_string(),
+    ] {
+        let resp = request(format!(
+            "GET /config HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        ))
+        .await;
+        assert_eq!(resp.status, 200, "{host}: {}", resp.text());
+    }
+    // A browser may still look at the pages (a navigation is a GET).
+    let resp = request(format!(
+        "GET /metrics HTTP/1.1\r\nHost: localhost:{}\r\nSec-Fetch-Site: none\r\nSec-Fetch-Mode: navigate\r\nConnection: close\r\n\r\n",
+        admin.port()
+    ))
+    .await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(post_reload(admin).await.status, 200);
+    let resp = request(
+        "POST /reload HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string(),
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(reloads().await, before + 2);
+
+    let metrics = h.metrics().await;
+    for (reason, n) in [("browser", 2), ("reload_body", 5), ("host", 3)] {
+        assert!(
+            metrics.contains(&format!(
+                "twilio_sidecar_admin_refusals_total{{reason=\"{reason}\"}} {n}"
+            )),
+            "{reason}: {metrics}"
+        );
+    }
+}

@@ -60,6 +60,19 @@ pub fn is_twilio_name(host: &str) -> bool {
         && host[host.len() - suffix..].eq_ignore_ascii_case(TWILIO_DOMAIN)
 }
 
+/// True when `name` (a Host header's host, port removed) is this sidecar's own: an IP
+/// address (bracketed or not), `localhost`, or one of `names` (`listen.names`). A
+/// DNS-rebinding page reaches a loopback listener under a name of its own, never these.
+pub fn is_local_name(name: &str, names: &[String]) -> bool {
+    let bare = name
+        .strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .unwrap_or(name);
+    bare.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || names.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
 /// True when `host` is a syntactically valid DNS name made of letters, digits, `-` and `.`,
 /// with no empty label. Used to validate configured host names.
 pub fn is_valid_dns_name(host: &str) -> bool {

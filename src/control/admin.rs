@@ -4,6 +4,7 @@
 //! Kept on its own port so the app-facing listener never exposes operator endpoints, and so
 //! probes and scrapes keep answering when the proxy port is saturated.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -13,10 +14,12 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use serde_json::json;
 
+use crate::config::hosts::is_local_name;
 use crate::control::reload::Reloader;
 use crate::control::state::SharedState;
 use crate::credentials::Credential;
-use crate::error_codes;
+use crate::error_codes::{self, twilio_error_response};
+use crate::gate::route::split_port;
 use crate::metrics::Metrics;
 use crate::upstream::ResponseBody as Body;
 
@@ -27,6 +30,8 @@ pub struct Admin {
     metrics: Arc<Metrics>,
     reloader: Arc<Reloader>,
     draining: Arc<AtomicBool>,
+    /// Where this listener is bound: error pages are linked there.
+    address: SocketAddr,
 }
 
 impl Admin {
@@ -35,16 +40,30 @@ impl Admin {
         metrics: Arc<Metrics>,
         reloader: Arc<Reloader>,
         draining: Arc<AtomicBool>,
+        address: SocketAddr,
     ) -> Admin {
         Admin {
             state,
             metrics,
             reloader,
             draining,
+            address,
         }
     }
 
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        // Before routing: a web page (a cross-site form post, a DNS-rebinding read) must not
+        // reload the sidecar or read its config.
+        if let Err(refusal) = self.refuse_web_pages(&req) {
+            self.metrics
+                .admin_refusals
+                .with_label_values(&[refusal.reason])
+                .inc();
+            let docs = format!("http://{}/errors", self.address);
+            let response =
+                twilio_error_response(refusal.code, &refusal.message, refusal.status, &docs);
+            return response.map(Either::Right);
+        }
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/metrics") => {
                 self.refresh_scrape_time_gauges();
@@ -106,6 +125,75 @@ impl Admin {
         }
     }
 
+    /// The admin port's own browser rules. `Host` must be an IP address, `localhost` or one
+    /// of `listen.names`: a rebinding page reaches the port under a name of its own. A POST
+    /// must not come from a page (`Origin`, `Sec-Fetch-Site`), and `POST /reload` takes no
+    /// body and none of the content types a page can post without a preflight.
+    fn refuse_web_pages(&self, req: &Request<Incoming>) -> Result<(), AdminRefusal> {
+        let host = req.uri().authority().map(|a| a.as_str()).or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .map(|v| v.to_str().unwrap_or("\u{fffd}"))
+        });
+        if let Some(host) = host {
+            let name = split_port(host).0;
+            if !is_local_name(name, &self.state.load().config.names) {
+                return Err(AdminRefusal::forbidden(
+                    "host",
+                    format!("the admin listener does not answer to Host {name:?} (a DNS-rebinding page sends its own name); use its IP address or localhost, or add the name to listen.names"),
+                ));
+            }
+        }
+        if req.method() != Method::POST {
+            return Ok(());
+        }
+        if let Some(name) = [header::ORIGIN.as_str(), "sec-fetch-site"]
+            .into_iter()
+            .find(|h| req.headers().contains_key(*h))
+        {
+            return Err(AdminRefusal::forbidden(
+                "browser",
+                format!(
+                    "a POST to the admin listener carries {name}, which only web browsers send"
+                ),
+            ));
+        }
+        if req.uri().path() == "/reload" {
+            let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+                || req
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .is_some_and(|v| v.as_bytes() != b"0");
+            // The content types a page may post cross-site without a preflight.
+            let page_type = req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| {
+                    v.split(';')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .to_ascii_lowercase()
+                })
+                .is_some_and(|t| {
+                    matches!(
+                        t.as_str(),
+                        "application/x-www-form-urlencoded" | "multipart/form-data" | "text/plain"
+                    ) || t.starts_with("text/")
+                });
+            if has_body || page_type {
+                return Err(AdminRefusal {
+                    reason: "reload_body",
+                    code: 79411,
+                    status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    message: "POST /reload takes no body, and no form or text Content-Type (what a web page's form post carries)".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Gauges that depend on "now": set just before a scrape.
     fn refresh_scrape_time_gauges(&self) {
         let state = self.state.load();
@@ -159,6 +247,25 @@ impl Admin {
                 "accounts": accounts,
             }),
         )
+    }
+}
+
+/// Why the admin listener refused a request, as it answers.
+struct AdminRefusal {
+    reason: &'static str,
+    code: u32,
+    status: StatusCode,
+    message: String,
+}
+
+impl AdminRefusal {
+    fn forbidden(reason: &'static str, message: String) -> AdminRefusal {
+        AdminRefusal {
+            reason,
+            code: 79409,
+            status: StatusCode::FORBIDDEN,
+            message,
+        }
     }
 }
 

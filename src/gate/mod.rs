@@ -191,15 +191,9 @@ impl Gate {
             return Ok(());
         };
         let name = route::split_port(host).0;
-        let bare = name.trim_start_matches('[').trim_end_matches(']');
-        let ours = crate::config::hosts::is_twilio_name(name)
-            || bare.parse::<std::net::IpAddr>().is_ok()
-            || name.eq_ignore_ascii_case("localhost")
-            || self
-                .local_names
-                .iter()
-                .any(|n| n.eq_ignore_ascii_case(name));
-        if ours {
+        if crate::config::hosts::is_twilio_name(name)
+            || crate::config::hosts::is_local_name(name, &self.local_names)
+        {
             Ok(())
         } else {
             Err(Refusal::Browser(format!(

@@ -18,7 +18,7 @@ mod webhooks;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use prometheus::{Encoder, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 pub use oauth::OAuthMetrics;
 pub use proxy::{ProxyMetrics, RequestLabels};
@@ -51,6 +51,9 @@ pub struct Metrics {
     pub oauth: Arc<OAuthMetrics>,
     pub reload: ReloadMetrics,
     pub webhooks: WebhookMetrics,
+    /// Admin requests refused (`reason`: host, browser, reload_body): a web page probing the
+    /// admin port shows up here.
+    pub admin_refusals: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -69,6 +72,13 @@ impl Metrics {
             oauth: Arc::new(OAuthMetrics::new()?),
             reload: ReloadMetrics::new()?,
             webhooks: WebhookMetrics::new()?,
+            admin_refusals: IntCounterVec::new(
+                Opts::new(
+                    "admin_refusals_total",
+                    "Admin requests refused (79409, 79411): a foreign Host, a POST from a web page, or POST /reload with a body.",
+                ),
+                &["reason"],
+            )?,
             registry,
         };
         metrics.proxy.register(&metrics.registry)?;
@@ -76,6 +86,9 @@ impl Metrics {
         metrics.oauth.register(&metrics.registry)?;
         metrics.reload.register(&metrics.registry)?;
         metrics.webhooks.register(&metrics.registry)?;
+        metrics
+            .registry
+            .register(Box::new(metrics.admin_refusals.clone()))?;
         let build_info = IntGaugeVec::new(
             Opts::new("build_info", "Always 1; labels carry the version."),
             &["version"],

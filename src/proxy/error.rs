@@ -12,7 +12,7 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::error_codes::more_info;
+pub use crate::error_codes::{twilio_error_body, twilio_error_response};
 use crate::gate::clients::AuthFailure;
 use crate::gate::Refusal;
 use crate::upstream::UpstreamFailure;
@@ -143,39 +143,6 @@ impl ProxyError {
         }
         response
     }
-}
-
-/// A response in Twilio's error shape, JSON, with `Retry-After` on a 503 (transient by
-/// nature: it tells clients and SDK retry logic when to come back).
-pub fn twilio_error_response(
-    code: u32,
-    message: &str,
-    status: StatusCode,
-    docs: &str,
-) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(twilio_error_body(code, message, status, docs)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    response
-}
-
-/// Serialises Twilio's error shape.
-pub fn twilio_error_body(code: u32, message: &str, status: StatusCode, docs: &str) -> Bytes {
-    let value = serde_json::json!({
-        "code": code,
-        "message": message,
-        "more_info": more_info(code, docs),
-        "status": status.as_u16(),
-    });
-    Bytes::from(value.to_string())
 }
 
 #[cfg(test)]
