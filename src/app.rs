@@ -39,6 +39,7 @@ use crate::control::admin::Admin;
 use crate::control::reload::{publish_state_metrics, Reloader};
 use crate::control::state::{SharedState, State};
 use crate::metrics::Metrics;
+use crate::proxy::connection_guard::Slots;
 use crate::proxy::server::{hand_off, serve, Handoff, ServerOptions};
 use crate::proxy::Proxy;
 use crate::webhooks::Webhooks;
@@ -159,12 +160,17 @@ impl Sidecar {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let config = self.shared.load().config.clone();
         let admin_addr = self.admin_addr();
-        let limits = &config.limits;
-        let options = ServerOptions {
-            header_read_timeout: limits.header_read_timeout,
-            max_header_bytes: limits.max_header_bytes,
-            drain: limits.drain_timeout,
-        };
+        let options = ServerOptions::new(&config.limits);
+        let caps = ConnectionCaps::new(&config.limits, config.webhooks.is_some());
+        info!(
+            proxy = caps.proxy,
+            webhooks = caps.webhooks,
+            admin = caps.admin,
+            fd_limit = caps.fd_limit,
+            "connection caps"
+        );
+        let connections = &self.metrics.connections;
+        let proxy_slots = Slots::new(caps.proxy, connections.listener("proxy"));
 
         // The proxy listeners stop first; the admin listener keeps answering (readyz:
         // draining) until the drain is over.
@@ -217,6 +223,7 @@ impl Sidecar {
         for index in 0..config.workers {
             let (queue, connections) = tokio::sync::mpsc::unbounded_channel();
             let (handler, stop, proxy) = (handler.clone(), stopped(), proxy.clone());
+            let slots = proxy_slots.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("twilio-sidecar-{index}"))
                 .spawn(move || {
@@ -226,7 +233,7 @@ impl Sidecar {
                         .build()
                     {
                         Ok(runtime) => runtime.block_on(async move {
-                            serve(Handoff::new(connections), handler, stop, options).await;
+                            serve(Handoff::new(connections), handler, stop, options, slots).await;
                             // Tunnels opened on this thread run on its runtime: it lives
                             // until they have drained (or the deadline passed).
                             let _ =
@@ -246,6 +253,7 @@ impl Sidecar {
         let mut proxy_servers = vec![tokio::spawn(hand_off(
             self.proxy_listener,
             queues,
+            proxy_slots.clone(),
             stopped(),
         ))];
         // Webhooks: verified, then forwarded to the app; drained with the proxy listeners.
@@ -264,6 +272,7 @@ impl Sidecar {
                 },
                 stopped(),
                 options,
+                Slots::new(caps.webhooks, connections.listener("webhooks")),
             )));
         }
         let mut socket_path = None;
@@ -274,11 +283,13 @@ impl Sidecar {
                 let proxy = proxy.clone();
                 async move { proxy.serve_unix_request(req).await }
             };
+            // The unix socket shares the TCP listener's cap: one pool of app connections.
             proxy_servers.push(tokio::spawn(serve(
                 listener,
                 unix_handler,
                 stopped(),
                 options,
+                proxy_slots.clone(),
             )));
             socket_path = Some(path);
         }
@@ -295,6 +306,7 @@ impl Sidecar {
                 drain: Duration::from_secs(1),
                 ..options
             },
+            Slots::new(caps.admin, connections.listener("admin")),
         ));
 
         shutdown.await;
@@ -329,6 +341,52 @@ impl Sidecar {
         let _ = stop_admin.send(());
         let _ = admin_server.await;
         info!("stopped");
+    }
+}
+
+/// How many connections each listener may hold open at once.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionCaps {
+    proxy: usize,
+    webhooks: usize,
+    admin: usize,
+    /// The soft file-descriptor limit the defaults were derived from.
+    fd_limit: u64,
+}
+
+impl ConnectionCaps {
+    /// `limits.max_connections`, or by default a quarter of the file descriptors left after
+    /// the admin's connections and a reserve for files, listeners and token fetches (an
+    /// eighth each for the proxy and webhook listeners when both run) — the rest is for
+    /// upstream connections and connections to the webhook app, so a flood of
+    /// app sockets meets the cap before the descriptor limit. The soft limit is raised to
+    /// the hard one first, as servers do.
+    fn new(limits: &crate::config::Limits, webhooks: bool) -> ConnectionCaps {
+        use rustix::process::{getrlimit, setrlimit, Resource};
+        let mut nofile = getrlimit(Resource::Nofile);
+        if nofile.current < nofile.maximum || nofile.current.is_none() {
+            let raised = rustix::process::Rlimit {
+                current: nofile.maximum,
+                maximum: nofile.maximum,
+            };
+            if setrlimit(Resource::Nofile, raised).is_ok() {
+                nofile = getrlimit(Resource::Nofile);
+            }
+        }
+        let fd_limit = nofile.current.unwrap_or(u64::MAX);
+        let admin = limits.max_admin_connections;
+        let reserve = 64 + admin as u64;
+        let shares = if webhooks { 8 } else { 4 };
+        let default = usize::try_from(fd_limit.saturating_sub(reserve) / shares)
+            .unwrap_or(usize::MAX)
+            .max(16);
+        let cap = limits.max_connections.unwrap_or(default);
+        ConnectionCaps {
+            proxy: cap,
+            webhooks: cap,
+            admin,
+            fd_limit,
+        }
     }
 }
 

@@ -208,3 +208,175 @@ async fn web_pages_cannot_reload_or_read_the_admin_port() {
         );
     }
 }
+
+/// Reads until the peer closes; `true` if it did within `within`.
+async fn closed_by_peer(stream: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// A GET that may fail at any step (the server may close it at once): its status, if any.
+async fn try_get(addr: std::net::SocketAddr, target: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let head = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(head.as_bytes()).await.ok()?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.ok()?;
+        let text = String::from_utf8_lossy(&out);
+        text.split(' ').nth(1)?.parse().ok()
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), exchange)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// The HTTP/2 client preface and an empty SETTINGS frame.
+const H2_PREFACE_AND_SETTINGS: &[u8] =
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_complete_a_request_are_closed_at_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::start_with(|ctx| {
+        let limits = "[limits]\nheader_read_timeout = \"1s\"\n";
+        standard_config(ctx, "", &format!("{POLICY}\n{limits}"))
+    })
+    .await;
+    let openings: [(&str, &[u8]); 6] = [
+        ("nothing", b""),
+        ("one byte", b"P"),
+        ("half an HTTP/2 preface", b"PRI * HTTP/2.0\r\n"),
+        ("the HTTP/2 preface and SETTINGS", H2_PREFACE_AND_SETTINGS),
+        (
+            "half a request head",
+            b"GET /2010-04-01 HTTP/1.1\r\nHost: localhost\r\n",
+        ),
+        ("a request line only", b"GET / HTTP/1.1\r\n"),
+    ];
+    let mut sockets = Vec::new();
+    for (what, bytes) in openings {
+        let mut s = tokio::net::TcpStream::connect(h.proxy).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        sockets.push((format!("proxy: {what}"), s));
+    }
+    for (what, bytes) in [("nothing", &b""[..]), ("one byte", b"G")] {
+        let mut s = tokio::net::TcpStream::connect(h.admin).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        sockets.push((format!("admin: {what}"), s));
+    }
+    // Bounded well past the 1 s timeout: a connection still open at 10 s was never going to
+    // be closed.
+    for (what, mut s) in sockets {
+        assert!(
+            closed_by_peer(&mut s, std::time::Duration::from_secs(10)).await,
+            "{what}: still open"
+        );
+    }
+    // The process serves on, and what it closed is counted.
+    assert_eq!(h.send("GET", &messages(), &[], b"").await.status, 200);
+    let metrics = h.metrics().await;
+    let closed = |listener: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "twilio_sidecar_connections_closed_total{{listener=\"{listener}\",reason=\"no_request\"}}"
+                ))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // hyper itself closes the two with a partial HTTP/1.1 head (its header timeout).
+    assert!(closed("proxy") >= 4, "{metrics}");
+    assert!(closed("admin") >= 1, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_is_sent_goaway_and_closed() {
+    use http_body_util::Full;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let h = Harness::start_with(|ctx| {
+        let limits = "[limits]\nheader_read_timeout = \"1s\"\nidle_timeout = \"1s\"\n";
+        standard_config(ctx, "", &format!("{POLICY}\n{limits}"))
+    })
+    .await;
+    let stream = tokio::net::TcpStream::connect(h.proxy).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri(format!("http://{}{}", h.proxy, messages()))
+        .body(Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(sender.send_request(req).await.unwrap().status(), 200);
+    // Nothing more: the sidecar closes it (GOAWAY first, so the client knows not to use it).
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), conn).await;
+    assert!(ended.is_ok(), "the idle HTTP/2 connection is still open");
+    assert!(sender.is_closed() || sender.ready().await.is_err());
+    let metrics = h.metrics().await;
+    assert!(
+        metrics.contains(
+            "twilio_sidecar_connections_closed_total{listener=\"proxy\",reason=\"idle\"} 1"
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_silent_sockets_meets_the_cap_and_health_checks_still_answer() {
+    // 300 silent sockets against a 256-descriptor limit, with the caps left at their
+    // defaults (derived from that limit).
+    let h = Harness::start_with_fd_limit(256, |ctx| {
+        let limits = "[limits]\nheader_read_timeout = \"2s\"\n";
+        standard_config(ctx, "", &format!("{POLICY}\n{limits}"))
+    })
+    .await;
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        if let Ok(s) = tokio::net::TcpStream::connect(h.proxy).await {
+            flood.push(s);
+        }
+    }
+    // Probes and scrapes have their own slots.
+    let live = h.admin_get("/livez").await;
+    assert_eq!(live.status, 200, "{}", live.text());
+    let metrics = h.metrics().await;
+    let refused = metrics
+        .lines()
+        .find(|l| l.starts_with("twilio_sidecar_connections_refused_total{listener=\"proxy\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(refused > 0, "the flood never met the cap: {metrics}");
+    // Once the header timeout has closed the silent ones, apps are served again; and the
+    // flood never exhausted the descriptors the sidecar needs to reach Twilio.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        if try_get(h.proxy, &messages()).await == Some(200) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "proxy never recovered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    drop(flood);
+    assert!(
+        !h.logs().iter().any(|l| l.contains("Too many open files")),
+        "descriptors ran out: {:?}",
+        h.logs()
+    );
+}

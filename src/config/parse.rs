@@ -70,6 +70,7 @@ fn read_limits(root: &mut Section<'_>, d: &mut Diagnostics) -> Option<Limits> {
             ("request_timeout", &mut out.request_timeout),
             ("header_read_timeout", &mut out.header_read_timeout),
             ("drain_timeout", &mut out.drain_timeout),
+            ("idle_timeout", &mut out.idle_timeout),
         ] {
             if let Some(v) = s.duration(d, key) {
                 *slot = v;
@@ -89,6 +90,17 @@ fn read_limits(root: &mut Section<'_>, d: &mut Diagnostics) -> Option<Limits> {
                 d.error(s.key("max_concurrent_requests"), "must be at least 1");
             }
             out.max_concurrent_requests = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        let mut connections = |key: &'static str| {
+            let n = s.count(d, key)?;
+            if n == 0 {
+                d.error(s.key(key), "must be at least 1");
+            }
+            Some(usize::try_from(n).unwrap_or(usize::MAX))
+        };
+        out.max_connections = connections("max_connections");
+        if let Some(n) = connections("max_admin_connections") {
+            out.max_admin_connections = n;
         }
     })
 }

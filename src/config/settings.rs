@@ -32,6 +32,15 @@ pub struct Limits {
     pub max_concurrent_requests: usize,
     /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
     pub drain_timeout: Duration,
+    /// A connection with nothing in flight for this long is closed (HTTP/2: GOAWAY).
+    /// HTTP/1.1 connections are closed sooner, at `header_read_timeout` without a request.
+    pub idle_timeout: Duration,
+    /// Open app connections per listener (the TCP and unix proxy listeners share one count,
+    /// the webhook listener has its own); beyond it a new connection is closed at once.
+    /// `None`: a quarter of the file descriptors left after the admin's reserve.
+    pub max_connections: Option<usize>,
+    /// Open admin connections, kept apart so probes and scrapes get through a flood.
+    pub max_admin_connections: usize,
 }
 
 impl Default for Limits {
@@ -43,6 +52,9 @@ impl Default for Limits {
             max_header_bytes: 64 * 1024,
             max_concurrent_requests: 1024,
             drain_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: None,
+            max_admin_connections: 32,
         }
     }
 }

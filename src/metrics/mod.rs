@@ -1,6 +1,6 @@
 //! Prometheus metrics, all named `twilio_sidecar_*`, on a registry of our own: one small struct
 //! per component ([`ProxyMetrics`], [`UpstreamMetrics`], [`OAuthMetrics`], [`ReloadMetrics`],
-//! [`WebhookMetrics`]), registered together under the prefix.
+//! [`WebhookMetrics`], [`ConnectionMetrics`]), registered together under the prefix.
 //!
 //! A leaf module, like `config`: the connection pool and the token refreshers are handed their
 //! component's struct without importing the control plane that builds them.
@@ -9,6 +9,7 @@
 //! account SID, result. Never a raw path, a query string or anything secret.
 
 mod cache;
+mod connections;
 mod oauth;
 mod proxy;
 mod reload;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
+pub use connections::{ConnectionMetrics, ListenerMetrics};
 pub use oauth::OAuthMetrics;
 pub use proxy::{ProxyMetrics, RequestLabels};
 pub use reload::ReloadMetrics;
@@ -51,6 +53,7 @@ pub struct Metrics {
     pub oauth: Arc<OAuthMetrics>,
     pub reload: ReloadMetrics,
     pub webhooks: WebhookMetrics,
+    pub connections: ConnectionMetrics,
     /// Admin requests refused (`reason`: host, browser, reload_body): a web page probing the
     /// admin port shows up here.
     pub admin_refusals: IntCounterVec,
@@ -72,6 +75,7 @@ impl Metrics {
             oauth: Arc::new(OAuthMetrics::new()?),
             reload: ReloadMetrics::new()?,
             webhooks: WebhookMetrics::new()?,
+            connections: ConnectionMetrics::new()?,
             admin_refusals: IntCounterVec::new(
                 Opts::new(
                     "admin_refusals_total",
@@ -86,6 +90,7 @@ impl Metrics {
         metrics.oauth.register(&metrics.registry)?;
         metrics.reload.register(&metrics.registry)?;
         metrics.webhooks.register(&metrics.registry)?;
+        metrics.connections.register(&metrics.registry)?;
         metrics
             .registry
             .register(Box::new(metrics.admin_refusals.clone()))?;

@@ -27,6 +27,7 @@
 //! response ([`error`]), records metrics and writes the access-log line. `headers` holds what
 //! never crosses the sidecar.
 
+pub mod connection_guard;
 pub mod error;
 pub(crate) mod headers;
 mod local;
@@ -125,11 +126,7 @@ impl Proxy {
             let s = state.load();
             (s.config.admin, s.config.limits.clone())
         };
-        let options = ServerOptions {
-            header_read_timeout: limits.header_read_timeout,
-            max_header_bytes: limits.max_header_bytes,
-            drain: limits.drain_timeout,
-        };
+        let options = ServerOptions::new(&limits);
         Proxy {
             state,
             metrics,

@@ -23,6 +23,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::{watch, Notify};
 use tracing::debug;
 
+use super::connection_guard::{guard, Activity};
 use super::error::ProxyError;
 use super::server::{connection_builder, ServerOptions};
 use super::{Proxy, Record};
@@ -201,13 +202,21 @@ impl Proxy {
         self.metrics.proxy.tunnel("opened");
         let tunnel = Arc::new(tunnel);
         let proxy = self.clone();
-        let service = service_fn(move |req| {
-            let (proxy, tunnel) = (proxy.clone(), tunnel.clone());
-            async move { Ok::<_, Infallible>(proxy.serve_tunneled(req, &tunnel).await) }
-        });
+        let activity = Arc::new(Activity::default());
+        let service = {
+            let activity = activity.clone();
+            service_fn(move |req| {
+                let in_flight = activity.begin();
+                let (proxy, tunnel) = (proxy.clone(), tunnel.clone());
+                async move {
+                    let response = proxy.serve_tunneled(req, &tunnel).await;
+                    drop(in_flight);
+                    Ok::<_, Infallible>(response)
+                }
+            })
+        };
         let builder = connection_builder(tunnels.options);
         let conn = builder.serve_connection(TokioIo::new(tls), service);
-        tokio::pin!(conn);
         let mut stop = tunnels.stop.clone();
         let stopping = async move {
             if stop.wait_for(|stop| *stop).await.is_err() {
@@ -215,17 +224,13 @@ impl Proxy {
                 std::future::pending::<()>().await;
             }
         };
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    debug!(error = %e, "tunnel connection ended with an error");
-                }
-            }
-            () = stopping => {
-                // Shutdown: finish what is in flight, take nothing new.
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            }
+        // Held to the same rules as a listener's connections: a first request in time, an
+        // idle timeout, a graceful close on shutdown (what is in flight finishes).
+        let deadlines = tunnels.options.deadlines();
+        // A tunnel is one of the proxy listener's connections, and counted as one.
+        let metrics = self.metrics.connections.listener("proxy");
+        if let Err(e) = guard(conn, &activity, deadlines, stopping, &metrics).await {
+            debug!(error = %e, "tunnel connection ended with an error");
         }
     }
 

@@ -146,6 +146,26 @@ impl Harness {
 
     /// Like [`Harness::start_with`] with a given stand-in.
     pub async fn start_against(stand_in: StandIn, make: impl FnOnce(&Ctx) -> String) -> Harness {
+        Self::start_as(sidecar_command(), stand_in, make).await
+    }
+
+    /// Like [`Harness::start_with`], the sidecar limited to `n` open file descriptors (soft
+    /// and hard, as `ulimit -n` sets them).
+    pub async fn start_with_fd_limit(n: u64, make: impl FnOnce(&Ctx) -> String) -> Harness {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_twilio-sidecar"))
+            .env(TOKEN2_ENV, TOKEN2)
+            .env_remove("TWILIO_SIDECAR_LOG");
+        Self::start_as(cmd, stand_in().await, make).await
+    }
+
+    async fn start_as(
+        mut command: Command,
+        stand_in: StandIn,
+        make: impl FnOnce(&Ctx) -> String,
+    ) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("key_sid"), format!("{KEY_SID}\n")).unwrap();
         std::fs::write(dir.path().join("secret"), format!("{SECRET}\n")).unwrap();
@@ -158,7 +178,7 @@ impl Harness {
         let config_path = dir.path().join("sidecar.toml");
         std::fs::write(&config_path, config).unwrap();
 
-        let mut child = sidecar_command()
+        let mut child = command
             .args(["--log-format", "json", "run", "--config"])
             .arg(&config_path)
             .stdout(Stdio::null())

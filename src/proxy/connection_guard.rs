@@ -1,0 +1,222 @@
+//! What every connection a listener accepts is held to, whatever it turns out to speak.
+//!
+//! - **A slot under its listener's cap**, taken at accept and held by the socket itself (so a
+//!   CONNECT tunnel, which keeps the socket, keeps the slot). With none free the connection
+//!   is closed at once: a flood of sockets runs into the cap, not into the file-descriptor
+//!   limit, and the admin listener's own slots keep probes and scrapes answering.
+//! - **A complete first request within `header_read_timeout`.** hyper bounds each HTTP/1.1
+//!   request head once it knows the connection is HTTP/1.1, but not the protocol detection
+//!   before that (nothing sent, `P`, half an HTTP/2 preface), nor HTTP/2's wait for a first
+//!   HEADERS frame. A connection that has not started a request by then is dropped.
+//! - **An idle timeout.** With nothing in flight for `idle_timeout` the connection is closed
+//!   gracefully (HTTP/2: GOAWAY, so no stream is cut); an idle HTTP/1.1 connection is closed
+//!   sooner by hyper's `header_read_timeout`. Dead HTTP/2 peers are found by keep-alive pings
+//!   (see `connection_builder`).
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::server::graceful::GracefulConnection;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::metrics::ListenerMetrics;
+
+/// A listener's connection cap and its metrics.
+#[derive(Debug)]
+pub struct Slots {
+    free: Arc<Semaphore>,
+    metrics: ListenerMetrics,
+}
+
+impl Slots {
+    pub fn new(limit: usize, metrics: ListenerMetrics) -> Arc<Slots> {
+        Arc::new(Slots {
+            free: Arc::new(Semaphore::new(limit.min(Semaphore::MAX_PERMITS))),
+            metrics,
+        })
+    }
+
+    /// A slot for a connection just accepted, or `None` (counted) when the cap is reached.
+    pub fn take(&self) -> Option<Slot> {
+        match self.free.clone().try_acquire_owned() {
+            Ok(permit) => {
+                self.metrics.open.inc();
+                Some(Slot {
+                    _permit: permit,
+                    open: self.metrics.open.clone(),
+                })
+            }
+            Err(_) => {
+                self.metrics.refused.inc();
+                None
+            }
+        }
+    }
+
+    pub fn metrics(&self) -> &ListenerMetrics {
+        &self.metrics
+    }
+}
+
+/// One connection's place under the cap; given back when the socket is dropped.
+#[derive(Debug)]
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    open: prometheus::IntGauge,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+/// A socket and its slot: the slot lives exactly as long as the socket.
+#[derive(Debug)]
+pub struct Counted<T> {
+    io: T,
+    slot: Option<Slot>,
+}
+
+impl<T> Counted<T> {
+    pub fn new(io: T, slot: Option<Slot>) -> Counted<T> {
+        Counted { io, slot }
+    }
+
+    pub fn into_parts(self) -> (T, Option<Slot>) {
+        (self.io, self.slot)
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Requests on one connection: how many have started, how many are in flight. Updated by
+/// the connection's service, read by its [`guard`].
+#[derive(Debug, Default)]
+pub struct Activity {
+    started: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    /// A request has arrived; it is in flight until the returned guard is dropped (its
+    /// response head is sent, or it is abandoned).
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+}
+
+/// One request in flight on a connection.
+#[derive(Debug)]
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Timeouts a connection is held to.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// For the first complete request, and for an idle close to finish.
+    pub first_request: Duration,
+    pub idle: Duration,
+}
+
+/// Drives `conn` to its end under the rules above; on `stop`, closes it gracefully (what is
+/// in flight finishes) and keeps driving it — the caller bounds the drain.
+pub async fn guard<C: GracefulConnection>(
+    conn: C,
+    activity: &Activity,
+    deadlines: Deadlines,
+    stop: impl Future<Output = ()>,
+    metrics: &ListenerMetrics,
+) -> Result<(), C::Error> {
+    tokio::pin!(conn);
+    tokio::pin!(stop);
+    let timer = tokio::time::sleep(deadlines.first_request);
+    tokio::pin!(timer);
+    // Requests started when the idle timer was last armed.
+    let mut seen = 0;
+    // Closing because it idled: bounded by the timer. Stopping: bounded by the caller.
+    let (mut closing, mut stopping) = (false, false);
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => return result,
+            () = &mut stop, if !stopping => {
+                if !closing {
+                    conn.as_mut().graceful_shutdown();
+                }
+                stopping = true;
+            }
+            () = timer.as_mut(), if !stopping => {
+                let started = activity.started.load(Ordering::Relaxed);
+                if closing || started == 0 {
+                    // No request in time, or a graceful close the peer did not let finish:
+                    // dropping the connection closes the socket.
+                    if started == 0 {
+                        metrics.silent.inc();
+                    }
+                    return Ok(());
+                }
+                if started == seen && activity.in_flight.load(Ordering::Relaxed) == 0 {
+                    metrics.idle.inc();
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                    timer.as_mut().reset(Instant::now() + deadlines.first_request);
+                } else {
+                    seen = started;
+                    timer.as_mut().reset(Instant::now() + deadlines.idle);
+                }
+            }
+        }
+    }
+}
