@@ -170,7 +170,8 @@ impl Sidecar {
             "connection caps"
         );
         let connections = &self.metrics.connections;
-        let proxy_slots = Slots::new(caps.proxy, connections.listener("proxy"));
+        let write_timeout = config.limits.write_timeout;
+        let proxy_slots = Slots::new(caps.proxy, connections.listener("proxy"), write_timeout);
 
         // The proxy listeners stop first; the admin listener keeps answering (readyz:
         // draining) until the drain is over.
@@ -272,7 +273,11 @@ impl Sidecar {
                 },
                 stopped(),
                 options,
-                Slots::new(caps.webhooks, connections.listener("webhooks")),
+                Slots::new(
+                    caps.webhooks,
+                    connections.listener("webhooks"),
+                    write_timeout,
+                ),
             )));
         }
         let mut socket_path = None;
@@ -306,7 +311,7 @@ impl Sidecar {
                 drain: Duration::from_secs(1),
                 ..options
             },
-            Slots::new(caps.admin, connections.listener("admin")),
+            Slots::new(caps.admin, connections.listener("admin"), write_timeout),
         ));
 
         shutdown.await;

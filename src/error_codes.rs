@@ -161,6 +161,16 @@ pub const CODES: &[ErrorCode] = &[
                  twilio_sidecar_account_queue_wait_seconds and Twilio's latency.",
     },
     ErrorCode {
+        code: 79431,
+        status: 503,
+        meaning: "A page of a list, whose paging links the sidecar rewrites, would take the \
+                  pages it holds for apps past limits.max_rewrite_buffer: apps are reading \
+                  earlier pages slowly, or not at all. Twilio answered; the page was dropped.",
+        remedy: "Retry shortly. If apps read pages slowly by design, raise \
+                 limits.max_rewrite_buffer (and the memory limit with it); apps that stop \
+                 reading are cut off after limits.write_timeout.",
+    },
+    ErrorCode {
         code: 79500,
         status: 500,
         meaning: "The sidecar could not open a CONNECT tunnel: issuing the certificate for the \

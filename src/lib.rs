@@ -11,7 +11,8 @@
 //! upstream → config`; `tests/layout.rs` fails on an import cycle between them.
 //!
 //! - [`proxy`]: the data path — [`proxy::server`] (accept loop: bound listener in, shutdown
-//!   future, drain), the request phases as named functions, and [`proxy::error`], the one
+//!   future, drain), [`proxy::connection_guard`] (connection caps and timeouts), the request
+//!   phases as named functions, and [`proxy::error`], the one
 //!   place errors become responses.
 //! - [`gate`]: phases 1–4 as pure functions, shared with `check`: [`gate::route`] (which
 //!   Twilio host; never an open proxy), [`gate::request_path`] (canonical or refused),

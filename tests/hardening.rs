@@ -4,6 +4,12 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::StatusCode;
+use twilio_sidecar::dev::stand_in::Reply;
+
 use common::*;
 
 fn messages() -> String {
@@ -379,4 +385,108 @@ async fn a_flood_of_silent_sockets_meets_the_cap_and_health_checks_still_answer(
         "descriptors ran out: {:?}",
         h.logs()
     );
+}
+
+/// A Conversations page of about `size` bytes whose `meta` links the sidecar rewrites.
+fn large_page(size: usize) -> Bytes {
+    let record = format!(
+        r#"{{"sid": "CH00000000000000000000000000000000", "attributes": "{}"}}"#,
+        "a".repeat(1000)
+    );
+    let records = vec![record.as_str(); size / (record.len() + 2)].join(", ");
+    Bytes::from(format!(
+        r#"{{"conversations": [{records}], "meta": {{"page": 0, "page_size": 1000, "key": "conversations", "url": "https://conversations.twilio.com/v1/Conversations?PageSize=1000&Page=0", "first_page_url": "https://conversations.twilio.com/v1/Conversations?PageSize=1000&Page=0", "previous_page_url": null, "next_page_url": "https://conversations.twilio.com/v1/Conversations?PageSize=1000&Page=1&PageToken=PT1"}}}}"#
+    ))
+}
+
+/// A metric's value (the first series starting with `series`), 0 when absent.
+fn metric(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_cannot_pin_list_pages() {
+    use tokio::io::AsyncWriteExt;
+    let page = large_page(2_500_000);
+    let len = page.len() as u64;
+    let policy = POLICY.replace(
+        "allow = [",
+        "allow = [\n  \"GET conversations.twilio.com /v1/Conversations*\",",
+    );
+    // Room for two pages, not three; apps that read nothing are cut off after 2 s.
+    let limits = format!(
+        "[limits]\nmax_rewrite_buffer = {}\nwrite_timeout = \"2s\"\n",
+        len * 5 / 2
+    );
+    let h =
+        Harness::start_with(|ctx| standard_config(ctx, "", &format!("{policy}\n{limits}"))).await;
+    h.stand_in.set_responder(move |_| Reply {
+        status: StatusCode::OK,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: page.clone(),
+        delay: Duration::ZERO,
+    });
+    let target = "/conversations.twilio.com/v1/Conversations?PageSize=1000";
+    let head = format!("GET {target} HTTP/1.1\r\nHost: sidecar.local\r\n\r\n");
+
+    // Two apps ask for the page and read nothing. Socket buffers on loopback grow to a few
+    // MiB and would take a whole page, so each asks three times in a row (pipelined): one
+    // of its pages at least is left in the sidecar.
+    let mut stuck = Vec::new();
+    for _ in 0..2 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut s = socket.connect(h.proxy).await.unwrap();
+        s.write_all(head.repeat(3).as_bytes()).await.unwrap();
+        stuck.push(s);
+    }
+    let held = "twilio_sidecar_paging_rewrite_buffer_bytes";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&h.metrics().await, held) < 2 * len {
+        assert!(Instant::now() < deadline, "{}", h.metrics().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A third page would pass the budget: refused, retryable, counted.
+    let resp = h
+        .send("GET", target, &[("Host", "sidecar.local")], b"")
+        .await;
+    assert_eq!(resp.twilio_error(503), 79431);
+    assert_eq!(resp.header("retry-after"), Some("1"));
+
+    // The readers that read nothing are cut off, which gives their pages back.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let m = h.metrics().await;
+        let cut = metric(
+            &m,
+            "twilio_sidecar_connections_closed_total{listener=\"proxy\",reason=\"write_timeout\"}",
+        );
+        if cut == 2 && metric(&m, held) == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for mut s in stuck {
+        assert!(closed_by_peer(&mut s, Duration::from_secs(5)).await);
+    }
+    // An app that reads gets the whole page, its links pointing back here.
+    let resp = h
+        .send("GET", target, &[("Host", "sidecar.local")], b"")
+        .await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.json()["meta"]["next_page_url"],
+        "http://sidecar.local/conversations.twilio.com/v1/Conversations?PageSize=1000&Page=1&PageToken=PT1"
+    );
+    let m = h.metrics().await;
+    assert_eq!(
+        metric(&m, "twilio_sidecar_paging_rewrite_buffer_full_total"),
+        1
+    );
+    assert_eq!(metric(&m, held), 0);
 }

@@ -71,6 +71,7 @@ fn read_limits(root: &mut Section<'_>, d: &mut Diagnostics) -> Option<Limits> {
             ("header_read_timeout", &mut out.header_read_timeout),
             ("drain_timeout", &mut out.drain_timeout),
             ("idle_timeout", &mut out.idle_timeout),
+            ("write_timeout", &mut out.write_timeout),
         ] {
             if let Some(v) = s.duration(d, key) {
                 *slot = v;
@@ -78,6 +79,9 @@ fn read_limits(root: &mut Section<'_>, d: &mut Diagnostics) -> Option<Limits> {
         }
         if let Some(n) = s.count(d, "max_request_body") {
             out.max_request_body = n;
+        }
+        if let Some(n) = s.count(d, "max_rewrite_buffer") {
+            out.max_rewrite_buffer = n;
         }
         if let Some(n) = s.count(d, "max_header_bytes") {
             if n < 8192 {

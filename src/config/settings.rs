@@ -41,6 +41,12 @@ pub struct Limits {
     pub max_connections: Option<usize>,
     /// Open admin connections, kept apart so probes and scrapes get through a flood.
     pub max_admin_connections: usize,
+    /// A connection whose peer has read nothing of what the sidecar writes for this long is
+    /// closed: an app that stops reading cannot pin a response in memory.
+    pub write_timeout: Duration,
+    /// Bytes of list pages held at once for paging-link rewriting, across all requests;
+    /// a page that would go past it is answered 503 (79431).
+    pub max_rewrite_buffer: u64,
 }
 
 impl Default for Limits {
@@ -55,6 +61,8 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             max_connections: None,
             max_admin_connections: 32,
+            write_timeout: Duration::from_secs(30),
+            max_rewrite_buffer: 32 * 1024 * 1024,
         }
     }
 }

@@ -220,6 +220,20 @@ fn warn_restart_needed(old: &Config, new: &Config) {
             o.max_concurrent_requests != n.max_concurrent_requests,
         ),
         ("limits.drain_timeout", o.drain_timeout != n.drain_timeout),
+        ("limits.idle_timeout", o.idle_timeout != n.idle_timeout),
+        ("limits.write_timeout", o.write_timeout != n.write_timeout),
+        (
+            "limits.max_connections",
+            o.max_connections != n.max_connections,
+        ),
+        (
+            "limits.max_admin_connections",
+            o.max_admin_connections != n.max_admin_connections,
+        ),
+        (
+            "limits.max_rewrite_buffer",
+            o.max_rewrite_buffer != n.max_rewrite_buffer,
+        ),
         (
             "webhooks.listen",
             old.webhooks.as_ref().map(|w| w.listen) != new.webhooks.as_ref().map(|w| w.listen),

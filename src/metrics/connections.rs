@@ -1,6 +1,6 @@
 //! Connection-level metrics, per listener (`proxy`, `webhooks`, `admin`): connections open,
-//! refused at the listener's cap, and closed by the sidecar for sending no request or for
-//! idling.
+//! refused at the listener's cap, and closed by the sidecar for sending no request, for
+//! idling or for reading nothing.
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
@@ -21,6 +21,8 @@ pub struct ListenerMetrics {
     pub silent: IntCounter,
     /// Closed (gracefully) after `idle_timeout` with nothing in flight.
     pub idle: IntCounter,
+    /// Cut off: the peer read nothing of a response for `write_timeout`.
+    pub write_timeout: IntCounter,
 }
 
 impl std::fmt::Debug for ListenerMetrics {
@@ -46,7 +48,7 @@ impl ConnectionMetrics {
             closed: IntCounterVec::new(
                 Opts::new(
                     "connections_closed_total",
-                    "Connections the sidecar closed: no_request (no complete first request within limits.header_read_timeout), idle (nothing in flight for limits.idle_timeout).",
+                    "Connections the sidecar closed: no_request (no complete first request within limits.header_read_timeout), idle (nothing in flight for limits.idle_timeout), write_timeout (the peer read nothing for limits.write_timeout).",
                 ),
                 &["listener", "reason"],
             )?,
@@ -67,6 +69,7 @@ impl ConnectionMetrics {
             refused: self.refused.with_label_values(&[listener]),
             silent: self.closed.with_label_values(&[listener, "no_request"]),
             idle: self.closed.with_label_values(&[listener, "idle"]),
+            write_timeout: self.closed.with_label_values(&[listener, "write_timeout"]),
         }
     }
 }

@@ -89,6 +89,10 @@ pub struct ProxyMetrics {
     pub headers_dropped: IntCounter,
     /// Requests refused as a web browser's (`Origin`, `Sec-Fetch-*`, a foreign `Host`).
     pub browser_refusals: IntCounter,
+    /// Bytes of list pages held for paging-link rewriting now.
+    pub rewrite_buffer_bytes: prometheus::IntGauge,
+    /// Pages answered 503 (79431) because holding them would pass `max_rewrite_buffer`.
+    pub rewrite_buffer_full: IntCounter,
 }
 
 impl ProxyMetrics {
@@ -215,6 +219,14 @@ impl ProxyMetrics {
                 ),
                 &["account"],
             )?,
+            rewrite_buffer_bytes: prometheus::IntGauge::new(
+                "paging_rewrite_buffer_bytes",
+                "Bytes of list pages held for paging-link rewriting now, until the apps have read them (at most limits.max_rewrite_buffer).",
+            )?,
+            rewrite_buffer_full: IntCounter::new(
+                "paging_rewrite_buffer_full_total",
+                "List pages answered 503 (79431) because holding them would pass limits.max_rewrite_buffer.",
+            )?,
             browser_refusals: IntCounter::new(
                 "browser_refusals_total",
                 "Requests refused (403, 79407) as a web browser's: Origin or Sec-Fetch-* headers, or a Host the sidecar does not answer to (DNS rebinding).",
@@ -252,6 +264,8 @@ impl ProxyMetrics {
         registry.register(Box::new(self.queued.clone()))?;
         registry.register(Box::new(self.headers_dropped.clone()))?;
         registry.register(Box::new(self.browser_refusals.clone()))?;
+        registry.register(Box::new(self.rewrite_buffer_bytes.clone()))?;
+        registry.register(Box::new(self.rewrite_buffer_full.clone()))?;
         Ok(())
     }
 

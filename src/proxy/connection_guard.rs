@@ -8,6 +8,8 @@
 //!   request head once it knows the connection is HTTP/1.1, but not the protocol detection
 //!   before that (nothing sent, `P`, half an HTTP/2 preface), nor HTTP/2's wait for a first
 //!   HEADERS frame. A connection that has not started a request by then is dropped.
+//! - **A write timeout.** A peer that reads nothing of a response for `write_timeout` is
+//!   cut off, so a response (a buffered list page above all) cannot be pinned in memory.
 //! - **An idle timeout.** With nothing in flight for `idle_timeout` the connection is closed
 //!   gracefully (HTTP/2: GOAWAY, so no stream is cut); an idle HTTP/1.1 connection is closed
 //!   sooner by hyper's `header_read_timeout`. Dead HTTP/2 peers are found by keep-alive pings
@@ -33,13 +35,16 @@ use crate::metrics::ListenerMetrics;
 pub struct Slots {
     free: Arc<Semaphore>,
     metrics: ListenerMetrics,
+    /// For the connections' [`Counted`] sockets.
+    pub write_timeout: Duration,
 }
 
 impl Slots {
-    pub fn new(limit: usize, metrics: ListenerMetrics) -> Arc<Slots> {
+    pub fn new(limit: usize, metrics: ListenerMetrics, write_timeout: Duration) -> Arc<Slots> {
         Arc::new(Slots {
             free: Arc::new(Semaphore::new(limit.min(Semaphore::MAX_PERMITS))),
             metrics,
+            write_timeout,
         })
     }
 
@@ -51,6 +56,7 @@ impl Slots {
                 Some(Slot {
                     _permit: permit,
                     open: self.metrics.open.clone(),
+                    write_timeouts: self.metrics.write_timeout.clone(),
                 })
             }
             Err(_) => {
@@ -70,6 +76,7 @@ impl Slots {
 pub struct Slot {
     _permit: OwnedSemaphorePermit,
     open: prometheus::IntGauge,
+    write_timeouts: prometheus::IntCounter,
 }
 
 impl Drop for Slot {
@@ -78,20 +85,69 @@ impl Drop for Slot {
     }
 }
 
-/// A socket and its slot: the slot lives exactly as long as the socket.
+/// A socket and its slot (the slot lives exactly as long as the socket), with a write
+/// timeout: a peer that reads nothing of what is written to it for `write_timeout` gets an
+/// error instead of pinning the response (and its memory) for ever.
 #[derive(Debug)]
 pub struct Counted<T> {
     io: T,
     slot: Option<Slot>,
+    write_timeout: Duration,
+    /// Armed while a write is blocked; made the first time one is.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    stalled: bool,
 }
 
 impl<T> Counted<T> {
-    pub fn new(io: T, slot: Option<Slot>) -> Counted<T> {
-        Counted { io, slot }
+    pub fn new(io: T, slot: Option<Slot>, write_timeout: Duration) -> Counted<T> {
+        Counted {
+            io,
+            slot,
+            write_timeout,
+            stall: None,
+            stalled: false,
+        }
     }
 
     pub fn into_parts(self) -> (T, Option<Slot>) {
         (self.io, self.slot)
+    }
+
+    /// After a write could not proceed: starts the stall timer if it is not running, and
+    /// fails the write once it has run out.
+    fn check_stall(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let timeout = self.write_timeout;
+        let timer = self
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if !self.stalled {
+            timer.as_mut().reset(Instant::now() + timeout);
+            self.stalled = true;
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            if let Some(slot) = &self.slot {
+                slot.write_timeouts.inc();
+            }
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the peer read nothing for limits.write_timeout",
+            )));
+        }
+        Poll::Pending
+    }
+
+    /// Wraps a write's outcome: progress disarms the stall timer, a block arms it.
+    fn track<R>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        match poll {
+            Poll::Pending => match self.check_stall(cx) {
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                _ => Poll::Pending,
+            },
+            ready => {
+                self.stalled = false;
+                ready
+            }
+        }
     }
 }
 
@@ -111,7 +167,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let poll = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.track(cx, poll)
     }
 
     fn poll_write_vectored(
@@ -119,7 +176,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let poll = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.track(cx, poll)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -127,7 +185,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let poll = Pin::new(&mut self.io).poll_flush(cx);
+        self.track(cx, poll)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -71,6 +71,10 @@ pub enum ProxyError {
         account: String,
         reason: &'static str,
     },
+    /// The list page would take the bytes buffered for paging rewrites past
+    /// `limits.max_rewrite_buffer`.
+    #[error("twilio-sidecar is holding limits.max_rewrite_buffer ({0} bytes) of list pages for slow readers; retry shortly")]
+    RewriteBufferFull(u64),
     /// An OAuth2 account has no usable token and none arrived in time.
     #[error("{0}")]
     NoCredential(String),
@@ -96,7 +100,8 @@ impl ProxyError {
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::NoCredential(_)
             | ProxyError::Overloaded
-            | ProxyError::AccountBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | ProxyError::AccountBusy { .. }
+            | ProxyError::RewriteBufferFull(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -120,6 +125,7 @@ impl ProxyError {
             ProxyError::RequestTimeout(_) => 79408,
             ProxyError::Overloaded => 79429,
             ProxyError::AccountBusy { .. } => 79430,
+            ProxyError::RewriteBufferFull(_) => 79431,
         }
     }
 

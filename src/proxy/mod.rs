@@ -113,6 +113,8 @@ pub struct Proxy {
     permits: tokio::sync::Semaphore,
     /// CONNECT tunnels (transparent mode): their connections' options, count and drain.
     tunnels: tunnel::Tunnels,
+    /// List pages held for paging-link rewriting, bounded across every serving thread.
+    rewrite_budget: Arc<paging::RewriteBudget>,
 }
 
 impl Proxy {
@@ -129,7 +131,6 @@ impl Proxy {
         let options = ServerOptions::new(&limits);
         Proxy {
             state,
-            metrics,
             id_prefix,
             next_id: AtomicU64::new(1),
             error_docs: admin_error_pages(admin).into(),
@@ -140,6 +141,11 @@ impl Proxy {
             ),
             // Never asked to stop until `with_shutdown` says how.
             tunnels: tunnel::Tunnels::new(options, tokio::sync::watch::channel(false).1),
+            rewrite_budget: paging::RewriteBudget::new(
+                limits.max_rewrite_buffer,
+                metrics.proxy.rewrite_buffer_bytes.clone(),
+            ),
+            metrics,
         }
     }
 

@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use tracing::warn;
 
 use super::headers::{strip_hop_by_hop, strip_request_headers};
-use super::paging::{rewrite_links, LinkBase, MAX_REWRITE_BODY};
+use super::paging::{rewrite_links, HeldPage, LinkBase, MAX_REWRITE_BODY};
 use super::tunnel::Tunnel;
 use super::{Proxy, Record};
 use crate::control::state::State;
@@ -39,7 +39,7 @@ enum Respond {
     /// Stream Twilio's body to the app as it arrives.
     Stream(Response<Body>),
     /// Read the JSON page (`len` bytes) and point its paging links at `base` first.
-    Rewrite(Response<UpstreamBody>, u64, Option<LinkBase>),
+    Rewrite(Response<UpstreamBody>, u64, LinkBase),
 }
 
 struct Target {
@@ -445,8 +445,11 @@ impl Proxy {
             if let Some(len) = rewritable_json(&response) {
                 let router = &state.gate.router;
                 let default_host = router.hosts.name(router.default_host);
-                let base = LinkBase::for_request(source, authority.as_ref(), default_host);
-                return Respond::Rewrite(response, len, base);
+                // Without a base to point links at, there is nothing to rewrite: stream it.
+                if let Some(base) = LinkBase::for_request(source, authority.as_ref(), default_host)
+                {
+                    return Respond::Rewrite(response, len, base);
+                }
             }
         }
         Respond::Stream(response.map(Either::Left))
@@ -457,10 +460,15 @@ impl Proxy {
         &self,
         response: Response<UpstreamBody>,
         len: u64,
-        base: Option<LinkBase>,
+        base: LinkBase,
         hosts: &Hosts,
         host: &str,
     ) -> Result<Response<Body>, ProxyError> {
+        // The page is held from here until the app has read it: room for it first.
+        let Some(reservation) = self.rewrite_budget.reserve(len) else {
+            self.metrics.proxy.rewrite_buffer_full.inc();
+            return Err(ProxyError::RewriteBufferFull(self.rewrite_budget.limit()));
+        };
         let (mut parts, body) = response.into_parts();
         let bytes = body
             .collect()
@@ -475,7 +483,7 @@ impl Proxy {
                 }
             })?
             .to_bytes();
-        let body = match base.and_then(|b| rewrite_links(&bytes, &b, hosts)) {
+        let body = match rewrite_links(&bytes, &base, hosts) {
             Some(rewritten) => {
                 parts
                     .headers
@@ -487,7 +495,11 @@ impl Proxy {
                 bytes
             }
         };
-        Ok(Response::from_parts(parts, Either::Right(Full::new(body))))
+        let held = Bytes::from_owner(HeldPage {
+            bytes: body,
+            reservation,
+        });
+        Ok(Response::from_parts(parts, Either::Right(Full::new(held))))
     }
 }
 

@@ -126,7 +126,7 @@ pub async fn hand_off(
     shutdown: impl Future<Output = ()>,
 ) {
     let mut next = 0usize;
-    accept_until(&listener, Some(&*slots), shutdown, |stream, _| {
+    accept_until(&listener, &slots, shutdown, |stream, _| {
         let (stream, slot) = stream.into_parts();
         match stream.into_std() {
             Ok(stream) => {
@@ -139,15 +139,16 @@ pub async fn hand_off(
     .await;
 }
 
-/// Accepts from `listener` until `shutdown` completes, passing each connection (with a slot
-/// from `slots`, when given; without one free it is closed at once) and its peer to
-/// `accepted`.
+/// Accepts from `listener` until `shutdown` completes, passing each connection (with the
+/// slot it came with, or one from `slots`; without one free it is closed at once) and its
+/// peer to `accepted`.
 async fn accept_until<L: Acceptor>(
     listener: &L,
-    slots: Option<&Slots>,
+    slots: &Slots,
     shutdown: impl Future<Output = ()>,
     mut accepted: impl FnMut(Counted<L::Io>, String),
 ) {
+    let write_timeout = slots.write_timeout;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -155,18 +156,14 @@ async fn accept_until<L: Acceptor>(
             () = &mut shutdown => return,
             result = listener.accept() => match result {
                 Ok((stream, peer, slot)) => {
-                    let slot = match (slot, slots) {
-                        (Some(slot), _) => Some(slot),
-                        (None, Some(slots)) => match slots.take() {
-                            Some(slot) => Some(slot),
-                            None => {
-                                debug!(%peer, "at the connection cap: closing a new connection");
-                                continue;
-                            }
-                        },
-                        (None, None) => None,
+                    let slot = match slot.or_else(|| slots.take()) {
+                        Some(slot) => slot,
+                        None => {
+                            debug!(%peer, "at the connection cap: closing a new connection");
+                            continue;
+                        }
                     };
-                    accepted(Counted::new(stream, slot), peer);
+                    accepted(Counted::new(stream, Some(slot), write_timeout), peer);
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -214,7 +211,7 @@ pub async fn serve<L, H, F>(
     // Every connection task holds a receiver: `stop` tells them to close, and its `closed()`
     // says when the last one has ended.
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    accept_until(&listener, Some(&*slots), shutdown, |stream, peer| {
+    accept_until(&listener, &slots, shutdown, |stream, peer| {
         let handler = handler.clone();
         let activity = Arc::new(Activity::default());
         let service = {
