@@ -490,3 +490,27 @@ async fn slow_readers_cannot_pin_list_pages() {
     );
     assert_eq!(metric(&m, held), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pathological_rules_against_adversarial_segments_are_decided_at_once() {
+    // Backtracking took ~4 s and ~31 s of one serving thread for these; matching is now
+    // bounded by segment × pattern length (the step-counting tests are in gate::policy::rule).
+    let policy = POLICY.replace(
+        "allow = [",
+        "allow = [\n  \"GET verify.twilio.com /v2/Services/{Sid}-{Key}-{Day}.json\",\n  \"GET verify.twilio.com /v2/Services/*.*.*.json\",",
+    );
+    let h = Harness::start_with(|ctx| standard_config(ctx, "", &policy)).await;
+    for segment in ["-".repeat(1_700), ".".repeat(3_000) + "x"] {
+        let target = format!("/verify.twilio.com/v2/Services/{segment}");
+        let resp = h.send("GET", &target, &[], b"").await;
+        assert_eq!(resp.twilio_error(403), 70051);
+    }
+    // And they still match what they should.
+    for target in [
+        "/verify.twilio.com/v2/Services/2026-11-26.json",
+        "/verify.twilio.com/v2/Services/a.b.c.json",
+    ] {
+        assert_eq!(h.send("GET", target, &[], b"").await.status, 200, "{target}");
+    }
+    assert_eq!(h.stand_in.requests().len(), 2);
+}
