@@ -510,7 +510,11 @@ async fn pathological_rules_against_adversarial_segments_are_decided_at_once() {
         "/verify.twilio.com/v2/Services/2026-11-26.json",
         "/verify.twilio.com/v2/Services/a.b.c.json",
     ] {
-        assert_eq!(h.send("GET", target, &[], b"").await.status, 200, "{target}");
+        assert_eq!(
+            h.send("GET", target, &[], b"").await.status,
+            200,
+            "{target}"
+        );
     }
     assert_eq!(h.stand_in.requests().len(), 2);
 }

@@ -299,7 +299,8 @@ async fn a_401_triggers_exactly_one_refetch_and_one_replay() {
         expires_in: 3600,
         token_type: "Bearer",
     });
-    let h = start(&twilio, "").await;
+    // Three revocations back to back: no rate limit on re-fetches here (see the next test).
+    let h = start(&twilio, r#"min_refetch_interval = "1ms""#).await;
     assert_eq!(
         h.send("POST", &messages(), &[], b"Body=first").await.status,
         200
@@ -360,6 +361,39 @@ async fn a_401_triggers_exactly_one_refetch_and_one_replay() {
         )),
         "{m}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_twilio_always_answers_401_cannot_drive_token_fetches() {
+    let twilio = Twilio::new(Mode::Ok {
+        expires_in: 3600,
+        token_type: "Bearer",
+    });
+    let h = start(&twilio, "").await;
+    assert_eq!(h.send("GET", &messages(), &[], b"").await.status, 200);
+    assert_eq!(twilio.calls(), 1);
+    // Every token Twilio sees from here on is rejected (one bad path, or a revoked grant).
+    for n in 1..=50 {
+        twilio.revoked.lock().unwrap().push(format!("tok{n}"));
+    }
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(h.send("POST", &messages(), &[], b"Body=x").await.status);
+    }
+    assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
+    // The first 401 dropped tok1 and fetched tok2 (its replay got 401 too); every later one
+    // kept tok2 for oauth.min_refetch_interval: two fetches in all, not forty.
+    assert_eq!(twilio.calls(), 2);
+    assert_eq!(h.admin_get("/readyz").await.status, 200);
+    let m = h.metrics().await;
+    for (result, n) in [("dropped", 1), ("rate_limited", 20)] {
+        assert!(
+            m.contains(&format!(
+                r#"twilio_sidecar_oauth_401_invalidations_total{{account="{SID}",result="{result}"}} {n}"#
+            )),
+            "{result}: {m}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

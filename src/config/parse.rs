@@ -218,6 +218,7 @@ fn read_oauth(root: &mut Section<'_>, d: &mut Diagnostics) -> Option<OAuthSettin
             ("backoff_base", &mut out.backoff_base),
             ("backoff_max", &mut out.backoff_max),
             ("fallback_lifetime", &mut out.fallback_lifetime),
+            ("min_refetch_interval", &mut out.min_refetch_interval),
         ] {
             if let Some(v) = s.duration(d, key) {
                 *slot = v;

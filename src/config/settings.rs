@@ -472,6 +472,9 @@ pub struct OAuthSettings {
     pub backoff_max: Duration,
     /// Lifetime assumed when neither `expires_in` nor a JWT `exp` is plausible.
     pub fallback_lifetime: Duration,
+    /// After a 401 has dropped a token, further 401s drop none for this long: a path Twilio
+    /// always answers 401 cannot turn requests into token fetches.
+    pub min_refetch_interval: Duration,
 }
 
 impl Default for OAuthSettings {
@@ -484,6 +487,7 @@ impl Default for OAuthSettings {
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             fallback_lifetime: Duration::from_secs(300),
+            min_refetch_interval: Duration::from_secs(10),
         }
     }
 }

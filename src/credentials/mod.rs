@@ -32,6 +32,7 @@ use crate::config::{OAuthSettings, TokenUrlError};
 use crate::upstream::account_limit::AccountLimit;
 use crate::upstream::Upstream;
 use oauth::fetcher::HttpTokenFetcher;
+pub use oauth::Invalidation;
 use oauth::{ClientCredentials, NoToken, SystemClock, TokenCache};
 
 /// Why a credential could not be built from values that were read.
@@ -69,16 +70,12 @@ pub struct Attached {
 
 impl Attached {
     /// Twilio answered 401 to this credential: a bearer token is dropped from its cache (if
-    /// it is still the current one) and a fresh one fetched. True for bearer tokens, which a
-    /// new token may fix; false for Basic credentials, whose 401 is final.
-    pub fn rejected(&self) -> bool {
-        match &self.bearer {
-            Some((cache, id)) => {
-                cache.invalidate(*id);
-                true
-            }
-            None => false,
-        }
+    /// it is still the current one, and no 401 dropped one too recently) and a fresh one
+    /// fetched. `None` for Basic credentials, whose 401 is final.
+    pub fn rejected(&self) -> Option<Invalidation> {
+        self.bearer
+            .as_ref()
+            .map(|(cache, id)| cache.invalidate(*id))
     }
 }
 

@@ -15,6 +15,8 @@ pub struct OAuthMetrics {
     pub token_expiry: GaugeVec,
     /// Seconds until the current OAuth token expires (set at scrape time), by account.
     pub seconds_until_expiry: GaugeVec,
+    /// What Twilio 401s did to the tokens they answered, by account and result.
+    pub invalidations: IntCounterVec,
 }
 
 impl std::fmt::Debug for OAuthMetrics {
@@ -48,6 +50,13 @@ impl OAuthMetrics {
                 ),
                 &["account"],
             )?,
+            invalidations: IntCounterVec::new(
+                Opts::new(
+                    "oauth_401_invalidations_total",
+                    "Twilio 401s to a bearer token, by what they did: dropped (the token, and a new one fetched), stale (it had already been replaced), rate_limited (kept: a 401 dropped one less than oauth.min_refetch_interval ago).",
+                ),
+                &["account", "result"],
+            )?,
             seconds_until_expiry: GaugeVec::new(
                 Opts::new(
                     "oauth_token_seconds_until_expiry",
@@ -63,6 +72,7 @@ impl OAuthMetrics {
         registry.register(Box::new(self.fetch_duration.clone()))?;
         registry.register(Box::new(self.token_expiry.clone()))?;
         registry.register(Box::new(self.seconds_until_expiry.clone()))?;
+        registry.register(Box::new(self.invalidations.clone()))?;
         Ok(())
     }
 

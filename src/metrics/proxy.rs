@@ -137,7 +137,7 @@ impl ProxyMetrics {
             oauth_replays: IntCounterVec::new(
                 Opts::new(
                     "oauth_replays_total",
-                    "Requests replayed with a new token after Twilio answered 401, by result (replayed, not_replayable).",
+                    "Requests replayed with a new token after Twilio answered 401, by result (replayed; not_replayable: the body was not buffered; rate_limited: the token was kept, see oauth.min_refetch_interval).",
                 ),
                 &["account", "result"],
             )?,

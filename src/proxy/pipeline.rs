@@ -20,7 +20,7 @@ use super::tunnel::Tunnel;
 use super::{Proxy, Record};
 use crate::control::state::State;
 use crate::credentials::pkcv::{request_hash, TWILIO_CLIENT_VALIDATION};
-use crate::credentials::{Account, Attached, PkcvSigner};
+use crate::credentials::{Account, Attached, Invalidation, PkcvSigner};
 use crate::gate::clients::{AuthFailure, Caller};
 use crate::gate::params::{BodyView, Params};
 use crate::gate::policy::Verdict;
@@ -371,10 +371,12 @@ impl Proxy {
         attached: &Attached,
         replay: Option<Request<RequestBody>>,
     ) -> Option<Request<RequestBody>> {
-        if !attached.rejected() {
-            return None;
-        }
-        let outcome = if replay.is_some() {
+        let invalidation = attached.rejected()?;
+        self.count_invalidation(record.account, invalidation);
+        let outcome = if invalidation == Invalidation::RateLimited {
+            // The token that got the 401 is still the one a replay would carry.
+            "rate_limited"
+        } else if replay.is_some() {
             "replayed"
         } else {
             "not_replayable"
@@ -384,7 +386,15 @@ impl Proxy {
             .oauth_replays
             .with_label_values(&[record.account, outcome])
             .inc();
-        replay
+        replay.filter(|_| invalidation != Invalidation::RateLimited)
+    }
+
+    fn count_invalidation(&self, account: &str, invalidation: Invalidation) {
+        self.metrics
+            .oauth
+            .invalidations
+            .with_label_values(&[account, invalidation.as_str()])
+            .inc();
     }
 
     /// The replay after a 401 to a bearer token: the same request with a new token; a 401 to
@@ -402,7 +412,9 @@ impl Proxy {
             .insert(header::AUTHORIZATION, fresh.header.clone());
         let response = self.exchange(state, host, again).await?;
         if response.status() == StatusCode::UNAUTHORIZED {
-            fresh.rejected();
+            if let Some(invalidation) = fresh.rejected() {
+                self.count_invalidation(&account.sid, invalidation);
+            }
         }
         Ok(response)
     }

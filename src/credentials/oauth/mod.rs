@@ -7,7 +7,9 @@
 //! still good and retries with exponential backoff and full jitter. Requests read the current
 //! token lock-free; with no usable one they wait (bounded) for the fetch in flight, and fail as
 //! soon as that fetch fails. A Twilio 401 drops the token it was sent with (only if it is still
-//! the current one) and wakes the refresher.
+//! the current one, so each token at most once) and wakes the refresher — at most once per
+//! `oauth.min_refetch_interval`, so a path Twilio always answers 401 cannot turn requests into
+//! token fetches or flip readiness.
 //!
 //! The fetcher, clock and jitter are injected, so tests control time instead of sleeping.
 //! Here: the cache itself; [`token`] (what the endpoint's answer means), [`timing`] (clock,
@@ -45,6 +47,29 @@ struct FetchStatus {
     last_error: Option<Arc<str>>,
 }
 
+/// What a Twilio 401 did to the token it was sent with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalidation {
+    /// It was dropped here; the refresher is fetching a new one.
+    Dropped,
+    /// It had already been replaced (or dropped by another request's 401).
+    Stale,
+    /// It is still the current one, and kept: a 401 dropped a token less than
+    /// `oauth.min_refetch_interval` ago.
+    RateLimited,
+}
+
+impl Invalidation {
+    /// Its metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Invalidation::Dropped => "dropped",
+            Invalidation::Stale => "stale",
+            Invalidation::RateLimited => "rate_limited",
+        }
+    }
+}
+
 /// Why a request got no token.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
@@ -66,6 +91,8 @@ pub struct TokenCache {
     wake: Arc<Notify>,
     started: AtomicBool,
     next_id: AtomicU64,
+    /// When a 401 last dropped a token (only ever touched on a 401, never on the hot path).
+    last_invalidation: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -109,6 +136,7 @@ impl TokenCache {
             wake: Arc::new(Notify::new()),
             started: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
+            last_invalidation: std::sync::Mutex::new(None),
         })
     }
 
@@ -200,22 +228,32 @@ impl TokenCache {
         })
     }
 
-    /// Drops token `id` after Twilio rejected it (401), if it is still the current one, and
-    /// wakes the refresher. Returns true when it was dropped here.
-    pub fn invalidate(&self, id: u64) -> bool {
+    /// Twilio rejected token `id` (401): drops it if it is still the current one, and wakes
+    /// the refresher — unless a 401 dropped a token less than `min_refetch_interval` ago.
+    pub fn invalidate(&self, id: u64) -> Invalidation {
         let current = self.token.load();
-        let dropped = match current.as_ref() {
-            Some(t) if t.id == id => {
-                let prev = self.token.compare_and_swap(&*current, None);
-                prev.as_ref().is_some_and(|p| p.id == id)
-            }
-            _ => false,
-        };
-        if dropped {
-            warn!(account = %self.account, "Twilio rejected the OAuth token (401); fetching a new one");
-            self.wake.notify_one();
+        if current.as_ref().is_none_or(|t| t.id != id) {
+            return Invalidation::Stale;
         }
-        dropped
+        {
+            // Not held across an await; contended only by requests that all got 401.
+            let mut last = self
+                .last_invalidation
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let now = self.clock.now();
+            if last.is_some_and(|at| now < at + self.settings.min_refetch_interval) {
+                return Invalidation::RateLimited;
+            }
+            let prev = self.token.compare_and_swap(&*current, None);
+            if prev.as_ref().is_none_or(|p| p.id != id) {
+                return Invalidation::Stale;
+            }
+            *last = Some(now);
+        }
+        warn!(account = %self.account, "Twilio rejected the OAuth token (401); fetching a new one");
+        self.wake.notify_one();
+        Invalidation::Dropped
     }
 
     /// Seconds until the current token expires (negative once expired), if there is one.

@@ -354,17 +354,49 @@ async fn invalidation_drops_only_the_current_token_and_refetches_once() {
     let c = cache(f.clone(), 0.5);
     let t1 = c.token().await.unwrap();
     // Many requests saw the same 401: one invalidation, one fetch.
-    assert!(c.invalidate(t1.id));
+    assert_eq!(c.invalidate(t1.id), Invalidation::Dropped);
     for _ in 0..50 {
-        assert!(!c.invalidate(t1.id));
+        assert_eq!(c.invalidate(t1.id), Invalidation::Stale);
     }
     let t2 = c.token().await.unwrap();
     assert_eq!(bearer(&t2), "Bearer t2");
     settle().await;
     assert_eq!(f.calls(), 2);
     // A stale id does not drop the newer token.
-    assert!(!c.invalidate(t1.id));
+    assert_eq!(c.invalidate(t1.id), Invalidation::Stale);
     assert_eq!(bearer(&c.usable_token().unwrap()), "Bearer t2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_path_that_always_gets_401_cannot_drive_token_fetches() {
+    let tokens: Vec<_> = (1..=10).map(|i| ok(&format!("t{i}"), 3600)).collect();
+    let f = ScriptedFetcher::new(tokens);
+    let c = cache(f.clone(), 0.5);
+    // Twilio answers 401 to every request on one path, whatever the token: each request
+    // that comes back 401 reports the token it carried.
+    let mut results = Vec::new();
+    for _ in 0..20 {
+        let t = c.token().await.unwrap();
+        results.push(c.invalidate(t.id));
+        tokio::time::sleep(Duration::from_millis(90)).await;
+    }
+    settle().await;
+    // One drop; the new token is kept for oauth.min_refetch_interval (10 s).
+    assert_eq!(results[0], Invalidation::Dropped);
+    assert!(
+        results[1..].iter().all(|r| *r == Invalidation::RateLimited),
+        "{results:?}"
+    );
+    assert_eq!(f.calls(), 2);
+    assert!(c.usable_token().is_some(), "readiness flipped");
+    // Once the interval has passed, a 401 may drop the current token again: once.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let t = c.token().await.unwrap();
+    assert_eq!(c.invalidate(t.id), Invalidation::Dropped);
+    assert_eq!(c.invalidate(t.id), Invalidation::Stale);
+    c.token().await.unwrap();
+    settle().await;
+    assert_eq!(f.calls(), 3);
 }
 
 #[tokio::test(start_paused = true)]
