@@ -1,5 +1,6 @@
 //! Logging setup: `tracing` to stderr as text or JSON, filtered by `--log-level` or the
-//! `TWILIO_SIDECAR_LOG` variable (`info` by default). The access log is the
+//! `TWILIO_SIDECAR_LOG` variable (`info` by default), with the file watcher's per-event
+//! logging held at `warn`. The access log is the
 //! `twilio_sidecar::access` target, so it can be filtered on its own.
 
 use tracing_subscriber::EnvFilter;
@@ -11,12 +12,23 @@ pub enum LogFormat {
     Json,
 }
 
+/// The file watcher's own crate logs every inotify event at trace level: with stderr going to
+/// a file in a watched directory (beside the config), each line written is an event that
+/// writes another, tens of MiB a second. It stays at `warn` unless a filter names it.
+const WATCHER_CAP: &str = "notify=warn";
+
 /// Installs the global subscriber. Safe to call once per process.
 pub fn init(format: LogFormat, level: Option<&str>) {
-    let filter = level
-        .map(EnvFilter::new)
-        .or_else(|| EnvFilter::try_from_env("TWILIO_SIDECAR_LOG").ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+    let from_env = std::env::var("TWILIO_SIDECAR_LOG")
+        .ok()
+        .filter(|spec| EnvFilter::try_new(spec).is_ok());
+    let spec = level.or(from_env.as_deref()).unwrap_or("info");
+    let mut filter = EnvFilter::new(spec);
+    if !spec.contains("notify") {
+        if let Ok(cap) = WATCHER_CAP.parse() {
+            filter = filter.add_directive(cap);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

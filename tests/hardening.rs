@@ -518,3 +518,62 @@ async fn pathological_rules_against_adversarial_segments_are_decided_at_once() {
     }
     assert_eq!(h.stand_in.requests().len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_logging_into_a_watched_directory_does_not_feed_itself() {
+    // stderr goes to a file beside the config, in the directory the sidecar watches; every
+    // line written there is a file-system event.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("key_sid"), format!("{KEY_SID}\n")).unwrap();
+    std::fs::write(dir.path().join("secret"), format!("{SECRET}\n")).unwrap();
+    let config = format!(
+        r#"
+[listen]
+address = "127.0.0.1:0"
+[admin]
+address = "127.0.0.1:0"
+[[accounts]]
+sid = "{SID}"
+default = true
+credential = {{ type = "api_key", key_sid = {{ file = "key_sid" }}, secret = {{ file = "secret" }} }}
+{POLICY}
+"#
+    );
+    std::fs::write(dir.path().join("sidecar.toml"), config).unwrap();
+    let log = dir.path().join("sidecar.log");
+    let mut child = sidecar_command()
+        .args(["--log-level", "trace", "run", "--config"])
+        .arg(dir.path().join("sidecar.toml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let size = || std::fs::metadata(&log).map_or(0, |m| m.len());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("admin listening")
+    {
+        assert!(Instant::now() < deadline, "did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Idle for two seconds: a few lines at most, not megabytes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = size();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let grown = size() - before;
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        grown < 64 * 1024,
+        "the idle sidecar logged {grown} bytes in 2 s"
+    );
+    assert!(
+        !text.contains("notify::inotify"),
+        "{}",
+        &text[..text.len().min(2000)]
+    );
+    // The sidecar's own trace logging is still on.
+    assert!(text.contains("twilio_sidecar::"), "{text}");
+}
