@@ -463,6 +463,7 @@ async fn sdk_scenarios(transparent: bool) {
         );
     }
     if transparent {
+        twilio_cli_with_http_proxy(&proxy_url, &ca_path, &log);
         // It was the tunnels: every product host was reached through a CONNECT.
         let m = h.metrics().await;
         let opened = m
@@ -476,6 +477,78 @@ async fn sdk_scenarios(transparent: bool) {
     let log = log.lock().unwrap();
     assert!(log.violations.is_empty(), "{:#?}", log.violations);
     drop(prism);
+}
+
+/// The twilio-cli from the npm registry, configured only by the environment: an API key it
+/// believes in (the sidecar replaces it), HTTP_PROXY (its https-proxy-agent, like
+/// twilio-node's, reads nothing else) and NODE_EXTRA_CA_CERTS. It creates a message through a
+/// tunnel, and a call the policy denies surfaces as the CLI's own error with 70051.
+fn twilio_cli_with_http_proxy(proxy_url: &str, ca_path: &str, log: &Mutex<FrontLog>) {
+    let home = tempfile::tempdir().unwrap();
+    let cli = |args: &[&str]| {
+        let out = Command::new(root().join("tests/sdk/node_modules/.bin/twilio"))
+            .args(args)
+            .args(["-o", "json"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", home.path())
+            .env("TWILIO_ACCOUNT_SID", EXAMPLE_SID)
+            .env("TWILIO_API_KEY", "SKffffffffffffffffffffffffffffffff")
+            .env("TWILIO_API_SECRET", "the-app-holds-no-real-secret")
+            .env("HTTP_PROXY", proxy_url)
+            .env("NODE_EXTRA_CA_CERTS", ca_path)
+            // No update check against the npm registry: only loopback traffic.
+            .env("TWILIO_SKIP_NEW_VERSION_CHECK", "true")
+            .current_dir(home.path())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run twilio-cli: {e}"));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let before = log.lock().unwrap().requests.len();
+    let (ok, stdout, stderr) = cli(&[
+        "api:core:messages:create",
+        "--from",
+        "+15017122661",
+        "--to",
+        "+15558675310",
+        "--body",
+        "sent by twilio-cli through the sidecar",
+    ]);
+    assert!(ok, "twilio-cli failed:\n{stdout}\n{stderr}");
+    let created: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"));
+    let sid = created[0]["sid"].as_str().unwrap_or_default();
+    assert!(sid.starts_with("SM") || sid.starts_with("MM"), "{stdout}");
+
+    let (ok, stdout, stderr) = cli(&[
+        "api:core:calls:create",
+        "--from",
+        "+15017122661",
+        "--to",
+        "+15558675310",
+        "--url",
+        "http://demo.twilio.com/docs/voice.xml",
+    ]);
+    assert!(!ok, "the denied call succeeded: {stdout}");
+    assert!(
+        format!("{stdout}{stderr}").contains("70051"),
+        "the denial did not surface as 70051:\n{stdout}\n{stderr}"
+    );
+    let requests = log.lock().unwrap().requests[before..].to_vec();
+    assert!(
+        requests.iter().any(|(host, m, t)| host == "api.twilio.com"
+            && m == "POST"
+            && t.ends_with("/Messages.json")),
+        "{requests:?}"
+    );
+    assert!(
+        !requests.iter().any(|(_, _, t)| t.contains("/Calls")),
+        "the denied call reached Twilio"
+    );
 }
 
 /// The official SDKs as clients of a gateway: each authenticates with its local key as the
