@@ -249,6 +249,8 @@ pub async fn guard<C: GracefulConnection>(
     let (mut closing, mut stopping) = (false, false);
     loop {
         tokio::select! {
+            // The connection first: it is what wakes this task nearly every time.
+            biased;
             result = conn.as_mut() => return result,
             () = &mut stop, if !stopping => {
                 if !closing {
