@@ -785,3 +785,74 @@ async fn when_the_request_opening_an_http2_connection_gives_up_a_waiting_one_ope
     assert_eq!(holder.await.unwrap().unwrap().status(), StatusCode::OK);
     assert_eq!(twilio.connections.load(Ordering::SeqCst), 3);
 }
+
+/// The sum of a metric's series whose line starts with `prefix`.
+fn metric_sum(metrics: &str, prefix: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Two bursts of 24 overlapping requests through one serving thread: with the default idle
+/// cap the second reuses the first's connections; with a cap of 2 it opens ~22 again — churn,
+/// visible in `upstream_connections_opened_total` — and reconnects resume TLS sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_reuse_connections_by_default_and_churn_shows_in_the_metrics() {
+    async fn opened_per_burst(extra: &str) -> (u64, u64, String) {
+        let stand_in = stand_in_http1_only().await;
+        stand_in.set_responder(|r| twilio_sidecar::dev::stand_in::Reply {
+            delay: Duration::from_millis(300),
+            ..echo(r)
+        });
+        let h = std::sync::Arc::new(
+            Harness::start_against(stand_in, |ctx| {
+                standard_config(ctx, extra, POLICY)
+                    .replace("names = [\"sidecar.local\"]", "names = []\nworkers = 1")
+            })
+            .await,
+        );
+        let path = format!("/2010-04-01/Accounts/{SID}/Messages.json");
+        let opened = "twilio_sidecar_upstream_connections_opened_total{host=\"api.twilio.com\",reason=\"no_idle\"}";
+        let mut per_burst = Vec::new();
+        for _ in 0..2 {
+            let before = metric_sum(&h.metrics().await, opened);
+            let burst: Vec<_> = (0..24)
+                .map(|_| {
+                    let (h, path) = (h.clone(), path.clone());
+                    tokio::spawn(async move { h.send("GET", &path, &[], b"").await.status })
+                })
+                .collect();
+            for r in burst {
+                assert_eq!(r.await.unwrap(), 200);
+            }
+            per_burst.push(metric_sum(&h.metrics().await, opened) - before);
+        }
+        (per_burst[0], per_burst[1], h.metrics().await)
+    }
+
+    let (first, second, _) = opened_per_burst("").await;
+    assert!(first >= 20, "the first burst opened {first}");
+    assert_eq!(
+        second, 0,
+        "the second burst opened {second} with the default idle cap"
+    );
+
+    let (first, second, metrics) = opened_per_burst("pool_max_idle_per_host = 2").await;
+    assert!(first >= 20, "the first burst opened {first}");
+    assert!(
+        second >= 18,
+        "with 2 kept idle the second burst opened only {second}"
+    );
+    let resumed = metric_sum(
+        &metrics,
+        "twilio_sidecar_upstream_tls_handshakes_total{host=\"api.twilio.com\",kind=\"resumed\"}",
+    );
+    // rustls keeps at most 8 single-use TLS 1.3 tickets per server name, so a burst of
+    // reconnects resumes up to 8 sessions and the rest pay full handshakes.
+    assert!(
+        resumed >= 4,
+        "reconnects did not resume TLS sessions: {metrics}"
+    );
+}

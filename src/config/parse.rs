@@ -30,7 +30,17 @@ pub(super) fn read_config(table: &toml::Table, base: &Path, d: &mut Diagnostics)
     let limits = read_limits(&mut root, d);
     root.finish(d);
 
-    let (listen, admin) = (listen?, admin?);
+    let (listen, admin, mut upstream, limits) = (listen?, admin?, upstream?, limits?);
+    // Unless set, the pool keeps as many idle connections as requests can be in flight: a
+    // lower cap closes connections after every burst and opens new ones (TLS handshakes) for
+    // the next.
+    let idle_cap_set = table
+        .get("upstream")
+        .and_then(|u| u.as_table())
+        .is_some_and(|u| u.contains_key("pool_max_idle_per_host"));
+    if !idle_cap_set {
+        upstream.pool_max_idle_per_host = limits.max_concurrent_requests;
+    }
     if listen == admin && listen.port() != 0 {
         d.error("admin.address", "must differ from listen.address");
     }
@@ -50,7 +60,7 @@ pub(super) fn read_config(table: &toml::Table, base: &Path, d: &mut Diagnostics)
         workers,
         admin,
         error_docs_url,
-        upstream: upstream?,
+        upstream,
         accounts: accounts?,
         policy: policy?,
         clients: clients?,
@@ -59,7 +69,7 @@ pub(super) fn read_config(table: &toml::Table, base: &Path, d: &mut Diagnostics)
         access_tokens: access_tokens?,
         oauth: oauth?,
         reload: reload?,
-        limits: limits?,
+        limits,
     })
 }
 

@@ -35,6 +35,32 @@ fn minimal_config_gets_defaults() {
 }
 
 #[test]
+fn the_idle_cap_follows_the_concurrency_limit_unless_set() {
+    let config = |extra: &str| {
+        parse(&format!(
+            r#"
+            {extra}
+            [[accounts]]
+            sid = "{SID}"
+            credential = {{ type = "api_key", key_sid = {{ env = "K" }}, secret = {{ file = "secret" }} }}
+            [policy]
+            allow = ["/2010-04-01/Accounts/{{AccountSid}}/Messages*"]
+            "#
+        ))
+        .unwrap()
+        .0
+    };
+    // As many idle connections as requests can be in flight: a burst never closes what the
+    // next one needs.
+    assert_eq!(config("").upstream.pool_max_idle_per_host, 1024);
+    let c = config("[limits]\nmax_concurrent_requests = 300");
+    assert_eq!(c.upstream.pool_max_idle_per_host, 300);
+    let c =
+        config("[upstream]\npool_max_idle_per_host = 8\n[limits]\nmax_concurrent_requests = 300");
+    assert_eq!(c.upstream.pool_max_idle_per_host, 8);
+}
+
+#[test]
 fn every_error_at_once_naming_the_key() {
     let err = parse(
         r#"

@@ -20,6 +20,10 @@ pub struct UpstreamMetrics {
     pub reusable: IntGauge,
     /// HTTP/2 requests sent again after Twilio refused the stream unprocessed.
     pub streams_resent: IntCounter,
+    /// Connections opened (TLS handshakes made), by host and why one was needed.
+    pub connections_opened: IntCounterVec,
+    /// Completed TLS handshakes to Twilio by host and kind (full, resumed).
+    pub tls_handshakes: IntCounterVec,
 }
 
 impl std::fmt::Debug for UpstreamMetrics {
@@ -52,6 +56,20 @@ impl UpstreamMetrics {
                 "Connections to Twilio ready for reuse without a handshake (idle HTTP/1.1 plus open \
                  HTTP/2 with a free stream), set at scrape time.",
             )?,
+            connections_opened: IntCounterVec::new(
+                Opts::new(
+                    "upstream_connections_opened_total",
+                    "Connections opened to Twilio (each a TCP connect and TLS handshake) by host and reason: no_idle (HTTP/1.1, none idle to reuse), h2_streams_busy (HTTP/2, every connection at http2_max_streams or none open), resend (a request sent again on a fresh connection). A steady no_idle rate under steady load is churn.",
+                ),
+                &["host", "reason"],
+            )?,
+            tls_handshakes: IntCounterVec::new(
+                Opts::new(
+                    "upstream_tls_handshakes_total",
+                    "Completed TLS handshakes to Twilio by host and kind: full, or resumed (a session from an earlier connection, no certificate exchange).",
+                ),
+                &["host", "kind"],
+            )?,
             streams_resent: IntCounter::new(
                 "upstream_streams_resent_total",
                 "HTTP/2 requests sent again on a new connection because Twilio refused the stream \
@@ -72,6 +90,8 @@ impl UpstreamMetrics {
         registry.register(Box::new(self.errors.clone()))?;
         registry.register(Box::new(self.reusable.clone()))?;
         registry.register(Box::new(self.streams_resent.clone()))?;
+        registry.register(Box::new(self.connections_opened.clone()))?;
+        registry.register(Box::new(self.tls_handshakes.clone()))?;
         Ok(())
     }
 

@@ -38,8 +38,10 @@ use std::time::{Duration, Instant};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
 use hyper::client::conn::{http1, http2};
+use hyper_rustls::MaybeHttpsStream;
 use hyper_util::client::legacy::connect::Connection;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::HandshakeKind;
 use tower_service::Service;
 
 use crate::metrics::UpstreamMetrics;
@@ -108,8 +110,12 @@ enum Pick {
     Lease(Lease),
     /// Every HTTP/2 stream is busy and another request is opening a connection: wait for it.
     Wait(tokio::sync::watch::Receiver<ConnectState>),
-    /// Open a connection; `Some` when this request is the one the others wait for.
-    Connect(Option<tokio::sync::watch::Sender<ConnectState>>),
+    /// Open a connection (for the reason given); `Some` when this request is the one the
+    /// others wait for.
+    Connect(
+        Option<tokio::sync::watch::Sender<ConnectState>>,
+        &'static str,
+    ),
 }
 
 impl Lease {
@@ -207,7 +213,7 @@ impl ConnectionPool {
                     },
                 };
                 lease = if connect {
-                    Box::pin(self.connect(&authority, None)).await?
+                    Box::pin(self.connect(&authority, None, "resend")).await?
                 } else {
                     self.checkout(&authority).await?
                 };
@@ -243,8 +249,8 @@ impl ConnectionPool {
                 }
                 // Boxed: opening a connection (TLS handshake, h2 set-up) is a large future, and
                 // inline it would make every request's future that large, to be moved each time.
-                Pick::Connect(announce) => {
-                    return Box::pin(self.connect(authority, announce)).await;
+                Pick::Connect(announce, reason) => {
+                    return Box::pin(self.connect(authority, announce, reason)).await;
                 }
             }
         }
@@ -272,7 +278,7 @@ impl ConnectionPool {
             }
             let (announce, connecting) = tokio::sync::watch::channel(None);
             entry.h2_connecting = Some(connecting);
-            return Pick::Connect(Some(announce));
+            return Pick::Connect(Some(announce), "h2_streams_busy");
         }
         let now = Instant::now();
         while let Some(idle) = entry.idle.pop() {
@@ -284,7 +290,7 @@ impl ConnectionPool {
                 });
             }
         }
-        Pick::Connect(None)
+        Pick::Connect(None, "no_idle")
     }
 
     /// Opens a new connection; ALPN decides whether it is shared (h2) or leased (HTTP/1.1).
@@ -293,12 +299,18 @@ impl ConnectionPool {
         self: &Arc<Self>,
         authority: &Authority,
         announce: Option<tokio::sync::watch::Sender<ConnectState>>,
+        reason: &'static str,
     ) -> Result<Lease, UpstreamFailure> {
         let mut announce = Announce {
             pool: self,
             authority,
             sender: announce,
         };
+        let host = authority.host();
+        self.metrics
+            .connections_opened
+            .with_label_values(&[host, reason])
+            .inc();
         let connected = self.open(authority).await;
         let mut kept_h2 = false;
         let mut hosts = self.lock();
@@ -360,6 +372,18 @@ impl ConnectionPool {
             .call(absolute(authority, PathAndQuery::from_static("/"))?)
             .await
             .map_err(|e| classify_connect(&*e))?;
+        if let MaybeHttpsStream::Https(tls) = &io {
+            // Resumed: the session of an earlier connection to the host, no certificate
+            // exchange — what reconnects to Twilio should mostly be.
+            let kind = match tls.inner().get_ref().1.handshake_kind() {
+                Some(HandshakeKind::Resumed) => "resumed",
+                _ => "full",
+            };
+            self.metrics
+                .tls_handshakes
+                .with_label_values(&[authority.host(), kind])
+                .inc();
+        }
         if io.connected().is_negotiated_h2() {
             let (sender, connection) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())

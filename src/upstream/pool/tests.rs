@@ -121,12 +121,12 @@ async fn one_request_opens_an_http2_connection_while_the_others_wait() {
         let mut hosts = pool.lock();
         let entry = entry_for(&mut hosts, &api).unwrap();
         // A host not yet known to speak HTTP/2: every request opens its own connection.
-        assert!(matches!(pool.pick(entry), Pick::Connect(None)));
-        assert!(matches!(pool.pick(entry), Pick::Connect(None)));
+        assert!(matches!(pool.pick(entry), Pick::Connect(None, "no_idle")));
+        assert!(matches!(pool.pick(entry), Pick::Connect(None, "no_idle")));
         // Known to speak HTTP/2, no connection with room: the first opens one and is
         // announced, the next waits for it.
         entry.speaks_h2 = true;
-        let Pick::Connect(Some(announce)) = pool.pick(entry) else {
+        let Pick::Connect(Some(announce), "h2_streams_busy") = pool.pick(entry) else {
             panic!("the first request should open the connection");
         };
         let Pick::Wait(waiting) = pool.pick(entry) else {
@@ -146,7 +146,10 @@ async fn one_request_opens_an_http2_connection_while_the_others_wait() {
     let mut hosts = pool.lock();
     let entry = entry_for(&mut hosts, &api).unwrap();
     assert!(entry.h2_connecting.is_none());
-    assert!(matches!(pool.pick(entry), Pick::Connect(Some(_))));
+    assert!(matches!(
+        pool.pick(entry),
+        Pick::Connect(Some(_), "h2_streams_busy")
+    ));
 }
 
 #[tokio::test]
@@ -157,7 +160,7 @@ async fn a_failed_handshake_is_announced_to_the_waiters() {
         let mut hosts = pool.lock();
         let entry = entry_for(&mut hosts, &api).unwrap();
         entry.speaks_h2 = true;
-        let Pick::Connect(Some(announce)) = pool.pick(entry) else {
+        let Pick::Connect(Some(announce), "h2_streams_busy") = pool.pick(entry) else {
             panic!("the first request should open the connection");
         };
         let Pick::Wait(waiting) = pool.pick(entry) else {
