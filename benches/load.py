@@ -170,17 +170,19 @@ http {{
     return Proc("upstream", p, port)
 
 
-def start_nginx(d, workers, upstream, auth, wrap=()) -> Proc:
-    """`wrap` is a command prefix (e.g. valgrind); nginx then runs as one process, no master."""
+def start_nginx(d, workers, upstream, auth, wrap=(), access_log=False) -> Proc:
+    """`wrap` is a command prefix (e.g. valgrind); nginx then runs as one process, no master.
+    With `access_log`, one line per request to a file (the combined format), unbuffered."""
     port = free_port()
     conf = d / "nginx-proxy.conf"
     master = "off" if wrap else "on"
+    log = f"access_log {d}/nginx-access.log combined;" if access_log else "access_log off;"
     conf.write_text(f"""
 daemon off; master_process {master}; worker_processes {workers}; pid {d}/nginx-proxy.pid;
 error_log {d}/nginx-proxy-error.log warn;
 events {{ worker_connections 4096; }}
 http {{
-  access_log off;
+  {log}
   keepalive_requests 1000000;
   upstream twilio {{ server 127.0.0.1:{upstream}; keepalive 256; }}
   server {{
@@ -210,17 +212,19 @@ http {{
     return Proc("nginx", p, port)
 
 
-def start_haproxy(d, workers, upstream, auth, wrap=(), http2=False) -> Proc:
+def start_haproxy(d, workers, upstream, auth, wrap=(), http2=False, access_log=False) -> Proc:
+    """With `access_log`, HAProxy's HTTP log line per request, to stdout (a file here)."""
     port = free_port()
     alpn = "h2,http/1.1" if http2 else "http/1.1"
     conf = d / "haproxy.cfg"
+    glog, dlog = ("\n  log stdout format raw local0", "\n  log global\n  option httplog") if access_log else ("", "")
     conf.write_text(f"""
 global
   nbthread {workers}
   maxconn 8000
-  ssl-server-verify required
+  ssl-server-verify required{glog}
 defaults
-  mode http
+  mode http{dlog}
   timeout connect 5s
   timeout client 60s
   timeout server 60s
@@ -239,7 +243,8 @@ frontend app
 backend twilio
   server api 127.0.0.1:{upstream} ssl verify required ca-file {d}/ca.pem sni str(api.twilio.com) verifyhost api.twilio.com alpn {alpn} pool-max-conn 256
 """)
-    p = subprocess.Popen([*wrap, "haproxy", "-f", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = open(d / "haproxy-access.log", "w") if access_log else subprocess.DEVNULL
+    p = subprocess.Popen([*wrap, "haproxy", "-f", str(conf)], stdout=out, stderr=subprocess.DEVNULL)
     wait_port(port, 120 if wrap else 20)
     return Proc("haproxy", p, port)
 
@@ -253,7 +258,7 @@ def client_header(clients: int) -> str:
     return "Authorization: Basic " + base64.b64encode(raw).decode()
 
 
-def start_sidecar(d, workers, upstream, binary, wrap=(), clients=0) -> Proc:
+def start_sidecar(d, workers, upstream, binary, wrap=(), clients=0, access_log=False, defaults=False) -> Proc:
     """The sidecar doing the benchmark's job; with `clients`, that many [[clients]] (two hashes
     each, every one allowed the job) and anonymous requests refused, so every request
     authenticates (client_header() is the last client's)."""
@@ -279,18 +284,20 @@ address = "127.0.0.1:{admin}"
 connect_to = "127.0.0.1:{upstream}"
 ca_file = "{d}/ca.pem"
 allowed_hosts = ["api.twilio.com"]
-pool_max_idle_per_host = 256
+{"" if defaults else 'pool_max_idle_per_host = 256'}
 [reload]
 watch = false
-[limits]
-max_concurrent_requests = 20000
+{"" if defaults else '[limits]'}
+{"" if defaults else 'max_concurrent_requests = 20000'}
 [[accounts]]
 sid = "{SID}"
 credential = {{ type = "api_key", key_sid = {{ file = "{d}/key_sid" }}, secret = {{ file = "{d}/secret" }} }}
 [policy]
 allow = {rules}
 {tables}""")
-    p = subprocess.Popen([*wrap, binary, "--log-level", "warn", "run", "--config", str(conf)],
+    # Its access log is on by default (info); the benchmark turns it off unless asked.
+    level = "info" if access_log else "warn"
+    p = subprocess.Popen([*wrap, binary, "--log-level", level, "run", "--config", str(conf)],
                          stdout=subprocess.DEVNULL, stderr=open(d / "sidecar.log", "w"))
     wait_port(port, 120 if wrap else 20)
     return Proc("twilio-sidecar", p, port)
@@ -383,6 +390,10 @@ def main():
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--out", default=str(ROOT / "benches"), help="where results.json, RESULTS.md and load.svg go")
     ap.add_argument("--label", default="", help="a name for this run in the results (e.g. 'before')")
+    ap.add_argument("--access-logs", action="store_true",
+                    help="every proxy writes an access-log line per request (nginx combined, HAProxy "
+                         "httplog, the sidecar's own), and the sidecar runs with its default limits")
+    ap.add_argument("--results-name", help="the results file (default results.json, results-h2.json)")
     ap.add_argument("--upstream-http2", action="store_true",
                     help="the upstream offers h2 as well as http/1.1 (HAProxy and the sidecar take it, "
                          "nginx cannot); results go to results-h2.json")
@@ -404,9 +415,11 @@ def main():
         upstream = start(start_upstream(d, args.workers, args.upstream_http2))
         targets = {
             "direct": None,
-            "nginx": start(start_nginx(d, args.workers, upstream.port, auth)),
-            "haproxy": start(start_haproxy(d, args.workers, upstream.port, auth, http2=args.upstream_http2)),
-            "twilio-sidecar": start(start_sidecar(d, args.workers, upstream.port, args.binary)),
+            "nginx": start(start_nginx(d, args.workers, upstream.port, auth, access_log=args.access_logs)),
+            "haproxy": start(start_haproxy(d, args.workers, upstream.port, auth, http2=args.upstream_http2,
+                                           access_log=args.access_logs)),
+            "twilio-sidecar": start(start_sidecar(d, args.workers, upstream.port, args.binary,
+                                                  access_log=args.access_logs, defaults=args.access_logs)),
         }
         samples, idle_rss, peak_rss, names = measure(targets, upstream, concurrencies, args, d)
     finally:
@@ -425,7 +438,7 @@ def main():
         "versions": {"nginx": version(["nginx", "-v"]), "haproxy": version(["haproxy", "-v"]),
                      "wrk": version(["wrk", "--version"]), "twilio-sidecar": version([args.binary, "--version"])},
         "settings": {"rounds": args.rounds, "seconds": args.seconds, "workers": args.workers,
-                     "concurrency": concurrencies, "binary": args.binary,
+                     "concurrency": concurrencies, "binary": args.binary, "access_logs": args.access_logs,
                      "upstream_alpn": "h2,http/1.1" if args.upstream_http2 else "http/1.1"},
         "idle_rss_kib": idle_rss,
         "peak_rss_kib": peak_rss,
@@ -447,7 +460,7 @@ def main():
             })
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = "results-h2.json" if args.upstream_http2 else "results.json"
+    name = args.results_name or ("results-h2.json" if args.upstream_http2 else "results.json")
     (out / name).write_text(json.dumps(results, indent=1) + "\n")
     shutil.rmtree(d, ignore_errors=True)
     print(json.dumps(results["rows"]))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end load comparison on this machine, in one run: direct (no proxy), nginx, HAProxy and
 # twilio-sidecar doing the same job in front of the same TLS upstream, driven by wrk; then the
-# same again with an upstream that also offers HTTP/2 (results-h2.json). Then counts each
+# same again with an upstream that also offers HTTP/2 (results-h2.json), and with one worker
+# each and access logs on (results-1w.json). Then counts each
 # proxy's user-space instructions per request under callgrind (benches/instructions.py).
 # Writes benches/results.json, benches/results-h2.json, benches/instructions.json,
 # benches/RESULTS.md and benches/load.svg.
@@ -36,14 +37,18 @@ if [ "${1:-}" = "--smoke" ]; then
   trap 'rm -rf "$out"' EXIT
   python3 benches/load.py --binary target/debug/twilio-sidecar --smoke --out "$out" "$@"
   python3 benches/load.py --binary target/debug/twilio-sidecar --smoke --upstream-http2 --out "$out" "$@"
+  python3 benches/load.py --binary target/debug/twilio-sidecar --smoke --workers 1 --access-logs \
+    --results-name results-1w.json --out "$out" "$@"
   python3 benches/instructions.py --binary target/debug/twilio-sidecar --seconds 1 --out "$out/instructions.json"
   python3 benches/ab.py target/debug/twilio-sidecar target/debug/twilio-sidecar --rounds 1 --seconds 1 \
     --concurrency 4 --label "smoke" --out "$out/ab.json"
   python3 benches/report.py --results "$out/results.json" --before /nonexistent \
-    --instructions "$out/instructions.json" --ab "$out/ab.json" --http2 "$out/results-h2.json" --out "$out"
+    --instructions "$out/instructions.json" --ab "$out/ab.json" --http2 "$out/results-h2.json" \
+    --one-worker "$out/results-1w.json" --out "$out"
   grep -q "twilio-sidecar" "$out/RESULTS.md"
   grep -q "The last change, A/B" "$out/RESULTS.md"
   grep -q "When the upstream offers HTTP/2" "$out/RESULTS.md"
+  grep -q "One worker each, access logs on" "$out/RESULTS.md"
   echo "load.sh: smoke run OK (RESULTS.md not touched)"
   exit 0
 fi
@@ -51,5 +56,7 @@ fi
 cargo build --locked --release --bin twilio-sidecar
 python3 benches/load.py --binary target/release/twilio-sidecar "$@"
 python3 benches/load.py --binary target/release/twilio-sidecar --upstream-http2 "$@"
+python3 benches/load.py --binary target/release/twilio-sidecar --workers 1 --access-logs \
+  --results-name results-1w.json "$@"
 python3 benches/instructions.py --binary target/release/twilio-sidecar --out benches/instructions.json
 python3 benches/report.py

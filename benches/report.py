@@ -111,6 +111,40 @@ are the like-for-like comparison.
 """
 
 
+def one_worker_section(path):
+    """One worker each, access logs on, the sidecar with its defaults (`load.py --workers 1
+    --access-logs --results-name results-1w.json`): the deployment a sidecar usually is."""
+    if not path.exists():
+        return ""
+    results = json.loads(path.read_text())
+    s = results["settings"]
+    by = {(r["target"], r["concurrency"]): r for r in results["rows"]}
+    lines = ["| c | nginx req/s | HAProxy req/s | sidecar req/s | sidecar / nginx | sidecar / HAProxy | "
+             "p99 µs nginx / sidecar | CPU µs/req nginx / HAProxy / sidecar |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def cpu(r):
+        return (r["proxy_user_us"] or 0) + (r["proxy_sys_us"] or 0)
+
+    for c in s["concurrency"]:
+        ng, hp, sc = by[("nginx", c)], by[("haproxy", c)], by[("twilio-sidecar", c)]
+        lines.append(f"| {c} | {fmt(ng['rps'])} | {fmt(hp['rps'])} | {fmt(sc['rps'])} | {ratio(sc['rps'], ng['rps'])} | "
+                     f"{ratio(sc['rps'], hp['rps'])} | {fmt(ng['p99_us'])} / {fmt(sc['p99_us'])} | "
+                     f"{fmt(cpu(ng), 1)} / {fmt(cpu(hp), 1)} / {fmt(cpu(sc), 1)} |")
+    return f"""
+## One worker each, access logs on
+
+A second run (`benches/{path.name}`, {s['rounds']} rounds of {s['seconds']} s): nginx
+`worker_processes 1`, HAProxy `nbthread 1`, twilio-sidecar `listen.workers = 1` and otherwise its
+defaults; every proxy writes an access-log line per request (nginx's combined format to a file,
+HAProxy's `httplog` to stdout, the sidecar's text access line to stderr, each into a file), as the sidecar does
+by default. CPU is each proxy's own user + system time, all its threads, per request. Goals: req/s
+≥ nginx and ≥ HAProxy, CPU per request ≤ nginx's, p99 ≤ nginx's, at every concurrency.
+
+{chr(10).join(lines)}
+"""
+
+
 def cpu_table(results):
     """Per-request CPU split, and what the sidecar could reach if its user-space work cost nothing."""
     by = {(r["target"], r["concurrency"]): r for r in results["rows"]}
@@ -232,6 +266,7 @@ def main():
     ap.add_argument("--instructions", default=str(ROOT / "benches" / "instructions.json"))
     ap.add_argument("--ab", default=str(ROOT / "benches" / "ab.json"))
     ap.add_argument("--http2", default=str(ROOT / "benches" / "results-h2.json"))
+    ap.add_argument("--one-worker", default=str(ROOT / "benches" / "results-1w.json"))
     ap.add_argument("--out", default=str(ROOT / "benches"))
     args = ap.parse_args()
     results = json.loads(pathlib.Path(args.results).read_text())
@@ -305,7 +340,7 @@ peak RSS over the run — {', '.join(f'{k} {val:,}' for k, val in peak.items())}
 {chr(10).join(goals)}
 
 Idle RSS of twilio-sidecar: {idle.get('twilio-sidecar', 0) / 1024:.1f} MiB (goal ≤ 10 MiB).
-{http2_section(pathlib.Path(args.http2))}{cpu_table(results)}{instructions_table(pathlib.Path(args.instructions))}{ab_table(pathlib.Path(args.ab))}{before}
+{http2_section(pathlib.Path(args.http2))}{one_worker_section(pathlib.Path(args.one_worker))}{cpu_table(results)}{instructions_table(pathlib.Path(args.instructions))}{ab_table(pathlib.Path(args.ab))}{before}
 ## Where the time goes
 
 On this machine the three processes (wrk, proxy, upstream) share the cores, so a proxy's
