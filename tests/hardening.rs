@@ -247,6 +247,12 @@ async fn try_get(addr: std::net::SocketAddr, target: &str) -> Option<u16> {
         .flatten()
 }
 
+/// The standard config and policy with a `[limits]` table.
+async fn start_with_limits(limits: &str) -> Harness {
+    Harness::start_with(|ctx| standard_config(ctx, "", &format!("{POLICY}\n[limits]\n{limits}")))
+        .await
+}
+
 /// The HTTP/2 client preface and an empty SETTINGS frame.
 const H2_PREFACE_AND_SETTINGS: &[u8] =
     b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
@@ -254,11 +260,7 @@ const H2_PREFACE_AND_SETTINGS: &[u8] =
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_that_never_complete_a_request_are_closed_at_the_header_timeout() {
     use tokio::io::AsyncWriteExt;
-    let h = Harness::start_with(|ctx| {
-        let limits = "[limits]\nheader_read_timeout = \"1s\"\n";
-        standard_config(ctx, "", &format!("{POLICY}\n{limits}"))
-    })
-    .await;
+    let h = start_with_limits("header_read_timeout = \"1s\"").await;
     let openings: [(&str, &[u8]); 6] = [
         ("nothing", b""),
         ("one byte", b"P"),
@@ -293,15 +295,10 @@ async fn connections_that_never_complete_a_request_are_closed_at_the_header_time
     assert_eq!(h.send("GET", &messages(), &[], b"").await.status, 200);
     let metrics = h.metrics().await;
     let closed = |listener: &str| {
-        metrics
-            .lines()
-            .find(|l| {
-                l.starts_with(&format!(
-                    "twilio_sidecar_connections_closed_total{{listener=\"{listener}\",reason=\"no_request\"}}"
-                ))
-            })
-            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .unwrap_or(0)
+        let series = format!(
+            "twilio_sidecar_connections_closed_total{{listener=\"{listener}\",reason=\"no_request\"}}"
+        );
+        metric(&metrics, &series)
     };
     // hyper itself closes the two with a partial HTTP/1.1 head (its header timeout).
     assert!(closed("proxy") >= 4, "{metrics}");
@@ -312,11 +309,7 @@ async fn connections_that_never_complete_a_request_are_closed_at_the_header_time
 async fn an_idle_http2_connection_is_sent_goaway_and_closed() {
     use http_body_util::Full;
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    let h = Harness::start_with(|ctx| {
-        let limits = "[limits]\nheader_read_timeout = \"1s\"\nidle_timeout = \"1s\"\n";
-        standard_config(ctx, "", &format!("{POLICY}\n{limits}"))
-    })
-    .await;
+    let h = start_with_limits("header_read_timeout = \"1s\"\nidle_timeout = \"1s\"").await;
     let stream = tokio::net::TcpStream::connect(h.proxy).await.unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
@@ -360,11 +353,10 @@ async fn a_flood_of_silent_sockets_meets_the_cap_and_health_checks_still_answer(
     let live = h.admin_get("/livez").await;
     assert_eq!(live.status, 200, "{}", live.text());
     let metrics = h.metrics().await;
-    let refused = metrics
-        .lines()
-        .find(|l| l.starts_with("twilio_sidecar_connections_refused_total{listener=\"proxy\"}"))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .unwrap_or(0);
+    let refused = metric(
+        &metrics,
+        "twilio_sidecar_connections_refused_total{listener=\"proxy\"}",
+    );
     assert!(refused > 0, "the flood never met the cap: {metrics}");
     // Once the header timeout has closed the silent ones, apps are served again; and the
     // flood never exhausted the descriptors the sidecar needs to reach Twilio.

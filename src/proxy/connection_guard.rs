@@ -121,7 +121,7 @@ impl<T> Counted<T> {
             .stall
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
         if !self.stalled {
-            timer.as_mut().reset(Instant::now() + timeout);
+            timer.as_mut().reset(after(timeout));
             self.stalled = true;
         }
         if timer.as_mut().poll(cx).is_ready() {
@@ -272,12 +272,32 @@ pub async fn guard<C: GracefulConnection>(
                     metrics.idle.inc();
                     conn.as_mut().graceful_shutdown();
                     closing = true;
-                    timer.as_mut().reset(Instant::now() + deadlines.first_request);
+                    timer.as_mut().reset(after(deadlines.first_request));
                 } else {
                     seen = started;
-                    timer.as_mut().reset(Instant::now() + deadlines.idle);
+                    timer.as_mut().reset(after(deadlines.idle));
                 }
             }
         }
+    }
+}
+
+/// `now + d`, or a time that never comes when that is past what an `Instant` can hold (a
+/// timeout configured as "never" in effect: `"100000000000h"`).
+fn after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_too_large_for_an_instant_is_never_rather_than_a_panic() {
+        let now = Instant::now();
+        assert!(after(Duration::MAX) > now + Duration::from_secs(10 * 365 * 86_400));
+        assert!(after(Duration::from_secs(1)) <= Instant::now() + Duration::from_secs(1));
     }
 }

@@ -242,7 +242,10 @@ impl TokenCache {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             let now = self.clock.now();
-            if last.is_some_and(|at| now < at + self.settings.min_refetch_interval) {
+            if last.is_some_and(|at| {
+                at.checked_add(self.settings.min_refetch_interval)
+                    .is_none_or(|until| now < until)
+            }) {
                 return Invalidation::RateLimited;
             }
             let prev = self.token.compare_and_swap(&*current, None);
