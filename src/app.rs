@@ -369,9 +369,16 @@ impl ConnectionCaps {
     fn new(limits: &crate::config::Limits, webhooks: bool) -> ConnectionCaps {
         use rustix::process::{getrlimit, setrlimit, Resource};
         let mut nofile = getrlimit(Resource::Nofile);
-        if nofile.current < nofile.maximum || nofile.current.is_none() {
+        // `None` is unlimited. An unlimited hard limit still has the kernel's `nr_open` (2^20
+        // unless changed) above it, which is as far as a soft limit can go.
+        let raise_to = match (nofile.current, nofile.maximum) {
+            (Some(soft), Some(hard)) if soft < hard => Some(hard),
+            (Some(soft), None) if soft < 1 << 20 => Some(1 << 20),
+            _ => None,
+        };
+        if let Some(to) = raise_to {
             let raised = rustix::process::Rlimit {
-                current: nofile.maximum,
+                current: Some(to),
                 maximum: nofile.maximum,
             };
             if setrlimit(Resource::Nofile, raised).is_ok() {
