@@ -368,8 +368,8 @@ above compares the two builds under load).
 What remains, by callgrind's attribution: hyper's parsing and encoding on both sides
 (httparse, header maps, URI parsing); rustls' record encryption (the same AES-GCM work nginx
 does); moving requests through hyper's dispatch channel and futures into place. None of these is
-a single large item any more: the sidecar's user-space cost per request is now level with
-HAProxy's and within about a fifth of nginx's. Removing the hop between the app connection's
+a single large item any more (the instruction counts above say how far from nginx and HAProxy
+that leaves the sidecar's user-space cost per request). Removing the hop between the app connection's
 task and the upstream connection's task was tried — the request's own task polling hyper's
 HTTP/1.1 connection while it waits for the head and while the app reads the body, with no
 connection task — and not kept: the app connection's task was then woken more often, each wake
