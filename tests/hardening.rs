@@ -409,9 +409,9 @@ async fn slow_readers_cannot_pin_list_pages() {
         "allow = [",
         "allow = [\n  \"GET conversations.twilio.com /v1/Conversations*\",",
     );
-    // Room for two pages, not three; apps that read nothing are cut off after 2 s.
+    // Room for two pages, not three; apps that read nothing are cut off after 5 s.
     let limits = format!(
-        "[limits]\nmax_rewrite_buffer = {}\nwrite_timeout = \"2s\"\n",
+        "[limits]\nmax_rewrite_buffer = {}\nwrite_timeout = \"5s\"\n",
         len * 5 / 2
     );
     let h =
@@ -436,18 +436,26 @@ async fn slow_readers_cannot_pin_list_pages() {
         s.write_all(head.repeat(3).as_bytes()).await.unwrap();
         stuck.push(s);
     }
+    // Once each stuck connection holds a page, a third page would pass the budget: refused,
+    // retryable, counted. (On the way there a connection may briefly hold two pages, one of
+    // them only until hyper has flushed it: until the holding settles, a third may fit.)
     let held = "twilio_sidecar_paging_rewrite_buffer_bytes";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&h.metrics().await, held) < 2 * len {
+    let deadline = Instant::now() + Duration::from_secs(4);
+    loop {
+        if metric(&h.metrics().await, held) >= 2 * len {
+            let resp = h
+                .send("GET", target, &[("Host", "sidecar.local")], b"")
+                .await;
+            if resp.status == 503 {
+                assert_eq!(resp.twilio_error(503), 79431);
+                assert_eq!(resp.header("retry-after"), Some("1"));
+                break;
+            }
+            assert_eq!(resp.status, 200, "{}", resp.text());
+        }
         assert!(Instant::now() < deadline, "{}", h.metrics().await);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // A third page would pass the budget: refused, retryable, counted.
-    let resp = h
-        .send("GET", target, &[("Host", "sidecar.local")], b"")
-        .await;
-    assert_eq!(resp.twilio_error(503), 79431);
-    assert_eq!(resp.header("retry-after"), Some("1"));
 
     // The readers that read nothing are cut off, which gives their pages back.
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -476,10 +484,7 @@ async fn slow_readers_cannot_pin_list_pages() {
         "http://sidecar.local/conversations.twilio.com/v1/Conversations?PageSize=1000&Page=1&PageToken=PT1"
     );
     let m = h.metrics().await;
-    assert_eq!(
-        metric(&m, "twilio_sidecar_paging_rewrite_buffer_full_total"),
-        1
-    );
+    assert!(metric(&m, "twilio_sidecar_paging_rewrite_buffer_full_total") >= 1);
     assert_eq!(metric(&m, held), 0);
 }
 
