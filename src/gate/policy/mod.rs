@@ -9,6 +9,7 @@
 pub mod lint;
 pub mod matcher;
 pub mod rule;
+mod segment_match;
 
 use http::Method;
 
