@@ -127,14 +127,14 @@ fn main() -> ExitCode {
             skip_secrets,
         } => finish(commands::validate(&config, skip_secrets)),
         Command::Run { config } => {
-            telemetry::init(cli.log_format, cli.log_level.as_deref());
+            let _logs = telemetry::init(cli.log_format, cli.log_level.as_deref());
             serve(async move {
                 let (config, warnings) = Config::load(&config)?;
                 Sidecar::start(config, warnings, Vec::new()).await
             })
         }
         Command::Dev { listen, admin } => {
-            telemetry::init(cli.log_format, cli.log_level.as_deref());
+            let _logs = telemetry::init(cli.log_format, cli.log_level.as_deref());
             runtime_then(async move {
                 dev::run(listen, admin, shutdown_signal(), |banner| {
                     println!("{banner}")

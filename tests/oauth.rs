@@ -327,7 +327,9 @@ async fn a_401_triggers_exactly_one_refetch_and_one_replay() {
     assert_eq!(api[1].method, "POST");
     assert_eq!(api[1].target, messages());
 
-    // A body over the replay limit is not buffered: the 401 passes through.
+    // A body over the replay limit is not buffered: the 401 passes through. (Each revocation
+    // waits out the 1 ms re-fetch interval: a fetch and a replay on loopback can take less.)
+    tokio::time::sleep(Duration::from_millis(5)).await;
     twilio.revoked.lock().unwrap().push("tok2".into());
     let big = vec![b'x'; 70 * 1024];
     let resp = h.send("POST", &messages(), &[], &big).await;
@@ -343,6 +345,7 @@ async fn a_401_triggers_exactly_one_refetch_and_one_replay() {
     assert_eq!(twilio.seen.lock().unwrap().last().unwrap(), "tok3");
 
     // A request without a body is replayed as well.
+    tokio::time::sleep(Duration::from_millis(5)).await;
     twilio.revoked.lock().unwrap().push("tok3".into());
     let resp = h.send("GET", &messages(), &[], b"").await;
     assert_eq!(resp.status, 200, "{}", resp.text());

@@ -19,7 +19,7 @@ mod webhooks;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 pub use connections::{ConnectionMetrics, ListenerMetrics};
 pub use oauth::OAuthMetrics;
@@ -37,6 +37,20 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// made for the old one's labels (their rule texts and host names are freed with it).
 pub fn new_generation() {
     cache::new_generation();
+}
+
+/// Log lines the log writer dropped because stderr was not read as fast as they were logged.
+/// A process has one log, so one count, shared by every registry.
+static LOG_LINES_DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a log line dropped by the log writer.
+pub fn log_line_dropped() {
+    LOG_LINES_DROPPED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Log lines dropped since the process started.
+pub fn log_lines_dropped() -> u64 {
+    LOG_LINES_DROPPED.load(Ordering::Relaxed)
 }
 
 /// A distinct id per component instance, so the per-thread handle caches never confuse two.
@@ -57,6 +71,8 @@ pub struct Metrics {
     /// Admin requests refused (`reason`: host, browser, reload_body): a web page probing the
     /// admin port shows up here.
     pub admin_refusals: IntCounterVec,
+    /// Brought up to [`log_lines_dropped`] at each scrape.
+    log_lines_dropped: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -83,6 +99,10 @@ impl Metrics {
                 ),
                 &["reason"],
             )?,
+            log_lines_dropped: IntCounter::new(
+                "log_lines_dropped_total",
+                "Log lines dropped because stderr was not read as fast as they were logged (at most 4 MiB wait); whatever reads the sidecar's stderr is falling behind.",
+            )?,
             registry,
         };
         metrics.proxy.register(&metrics.registry)?;
@@ -94,6 +114,9 @@ impl Metrics {
         metrics
             .registry
             .register(Box::new(metrics.admin_refusals.clone()))?;
+        metrics
+            .registry
+            .register(Box::new(metrics.log_lines_dropped.clone()))?;
         let build_info = IntGaugeVec::new(
             Opts::new("build_info", "Always 1; labels carry the version."),
             &["version"],
@@ -111,6 +134,11 @@ impl Metrics {
 
     /// The text exposition of every metric.
     pub fn encode(&self) -> Vec<u8> {
+        let dropped = log_lines_dropped();
+        let shown = self.log_lines_dropped.get();
+        if dropped > shown {
+            self.log_lines_dropped.inc_by(dropped - shown);
+        }
         let mut out = Vec::with_capacity(16 * 1024);
         // Encoding into a Vec cannot fail for well-formed metrics; an empty page is the fallback.
         if TextEncoder::new()

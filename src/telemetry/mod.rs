@@ -1,9 +1,14 @@
 //! Logging setup: `tracing` to stderr as text or JSON, filtered by `--log-level` or the
 //! `TWILIO_SIDECAR_LOG` variable (`info` by default), with the file watcher's per-event
 //! logging held at `warn`. The access log is the
-//! `twilio_sidecar::access` target, so it can be filtered on its own.
+//! `twilio_sidecar::access` target, so it can be filtered on its own. Lines reach stderr
+//! through [`log_writer`], in batches written off the serving threads.
+
+pub mod log_writer;
 
 use tracing_subscriber::EnvFilter;
+
+pub use log_writer::LogGuard;
 
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -17,8 +22,9 @@ pub enum LogFormat {
 /// writes another, tens of MiB a second. It stays at `warn` unless a filter names it.
 const WATCHER_CAP: &str = "notify=warn";
 
-/// Installs the global subscriber. Safe to call once per process.
-pub fn init(format: LogFormat, level: Option<&str>) {
+/// Installs the global subscriber. Safe to call once per process; keep the guard until the
+/// process is done logging (dropping it writes what is still waiting).
+pub fn init(format: LogFormat, level: Option<&str>) -> LogGuard {
     let from_env = std::env::var("TWILIO_SIDECAR_LOG")
         .ok()
         .filter(|spec| EnvFilter::try_new(spec).is_ok());
@@ -29,12 +35,14 @@ pub fn init(format: LogFormat, level: Option<&str>) {
             filter = filter.add_directive(cap);
         }
     }
+    let (writer, guard) = log_writer::LogWriter::new(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_target(true);
     let _ = match format {
         LogFormat::Text => builder.with_ansi(false).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    guard
 }
