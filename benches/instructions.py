@@ -9,6 +9,7 @@ Started by benches/load.sh; also useful alone for an A/B of two sidecar builds:
 
     python3 benches/instructions.py --binary target/release/twilio-sidecar
     python3 benches/instructions.py --binary new/twilio-sidecar --compare old/twilio-sidecar --targets twilio-sidecar
+    python3 benches/instructions.py --access-logs   # each proxy writing its access log
 
 Each target runs under `valgrind --tool=callgrind`; wrk warms it up, the counters are zeroed,
 wrk runs again, the counters are dumped, and the count is divided by the requests wrk made.
@@ -65,6 +66,8 @@ def main():
     ap.add_argument("--seconds", type=int, default=6)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--out", help="write the results here as JSON")
+    ap.add_argument("--access-logs", action="store_true",
+                    help="every proxy writes an access-log line per request, as in load.py --access-logs")
     ap.add_argument("--keep", action="store_true",
                     help="keep the callgrind files (for callgrind_annotate) and say where")
     args = ap.parse_args()
@@ -75,16 +78,18 @@ def main():
     load.make_certs(d)
     auth = "Basic " + base64.b64encode(f"{load.KEY_SID}:{load.SECRET}".encode()).decode()
     upstream = load.start_upstream(d, 1)
+    logs = args.access_logs
     starters = {
-        "nginx": lambda w: load.start_nginx(d, 1, upstream.port, auth, w),
-        "haproxy": lambda w: load.start_haproxy(d, 1, upstream.port, auth, w),
-        "twilio-sidecar": lambda w: load.start_sidecar(d, 1, upstream.port, args.binary, w),
+        "nginx": lambda w: load.start_nginx(d, 1, upstream.port, auth, w, access_log=logs),
+        "haproxy": lambda w: load.start_haproxy(d, 1, upstream.port, auth, w, access_log=logs),
+        "twilio-sidecar": lambda w: load.start_sidecar(d, 1, upstream.port, args.binary, w, access_log=logs),
     }
     if args.compare:
         sub = d / "compare"
         sub.mkdir()
         shutil.copy(d / "ca.pem", sub / "ca.pem")
-        starters["twilio-sidecar (compare)"] = lambda w: load.start_sidecar(sub, 1, upstream.port, args.compare, w)
+        starters["twilio-sidecar (compare)"] = lambda w: load.start_sidecar(sub, 1, upstream.port, args.compare, w,
+                                                                                    access_log=logs)
     wanted = args.targets.split(",") + (["twilio-sidecar (compare)"] if args.compare else [])
     rows = []
     try:
@@ -98,7 +103,8 @@ def main():
     finally:
         upstream.stop()
     result = {"concurrency": args.concurrency, "seconds": args.seconds, "workers": 1,
-              "valgrind": load.version(["valgrind", "--version"]), "rows": rows}
+              "access_logs": args.access_logs, "valgrind": load.version(["valgrind", "--version"]),
+              "rows": rows}
     if args.out:
         pathlib.Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     if args.keep:

@@ -50,6 +50,7 @@ use tracing::info;
 
 use crate::control::state::{SharedState, State};
 use crate::metrics::{Metrics, RequestLabels};
+use crate::telemetry::access_format::ACCESS_TARGET;
 use crate::upstream::body::ResponseBody as Body;
 use error::ProxyError;
 use server::ServerOptions;
@@ -289,7 +290,7 @@ impl Proxy {
         );
         let path = uri.path().get(record.path_offset..).unwrap_or("");
         info!(
-            target: "twilio_sidecar::access",
+            target: ACCESS_TARGET,
             request_id = request_id.to_str().unwrap_or("-"),
             method = %method,
             host = record.host,
