@@ -45,9 +45,13 @@ pub fn init(format: LogFormat, level: Option<&str>) -> LogGuard {
     let _ = match format {
         LogFormat::Text => builder
             .with_ansi(false)
-            .event_format(access_format::TextFormat::new())
+            .event_format(access_format::AccessFormat::text())
             .try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .event_format(access_format::AccessFormat::json())
+            .try_init(),
     };
     guard
 }
