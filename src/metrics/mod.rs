@@ -134,10 +134,17 @@ impl Metrics {
 
     /// The text exposition of every metric.
     pub fn encode(&self) -> Vec<u8> {
-        let dropped = log_lines_dropped();
-        let shown = self.log_lines_dropped.get();
-        if dropped > shown {
-            self.log_lines_dropped.inc_by(dropped - shown);
+        {
+            // Two scrapes at once must not both add the same difference.
+            static SYNC: std::sync::Mutex<()> = std::sync::Mutex::new(());
+            let _one = SYNC
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let dropped = log_lines_dropped();
+            let shown = self.log_lines_dropped.get();
+            if dropped > shown {
+                self.log_lines_dropped.inc_by(dropped - shown);
+            }
         }
         let mut out = Vec::with_capacity(16 * 1024);
         // Encoding into a Vec cannot fail for well-formed metrics; an empty page is the fallback.

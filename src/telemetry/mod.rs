@@ -1,8 +1,8 @@
 //! Logging setup: `tracing` to stderr as text or JSON, filtered by `--log-level` or the
 //! `TWILIO_SIDECAR_LOG` variable (`info` by default), with the file watcher's per-event
 //! logging held at `warn`. The access log is the
-//! `twilio_sidecar::access` target, so it can be filtered on its own; in the text format its
-//! lines are built by [`access_format`] (the default format's bytes, at a fifth of the cost).
+//! `twilio_sidecar::access` target, so it can be filtered on its own; in both formats its
+//! lines are built by [`access_format`] (the default formats' bytes, at a fifth of the cost).
 //! Lines reach stderr through [`log_writer`], in batches written off the serving threads.
 
 pub mod access_format;
