@@ -103,12 +103,7 @@ pub(super) fn read_clients(
         };
         let allow = read_rules(&mut s, d, "allow");
         let deny = read_rules(&mut s, d, "deny");
-        let files: Vec<PathBuf> = s
-            .strings(d, "files")
-            .unwrap_or_default()
-            .into_iter()
-            .map(|f| base.join(f))
-            .collect();
+        let files = read_files(&mut s, d, base);
         if allow.is_empty() && files.is_empty() {
             d.error(
                 s.key("allow"),

@@ -412,12 +412,7 @@ fn read_policy(root: &mut Section<'_>, d: &mut Diagnostics, base: &Path) -> Opti
     let allow = read_rules(&mut s, d, "allow");
     let deny = read_rules(&mut s, d, "deny");
     let max_inspected_body = s.size(d, "max_inspected_body").unwrap_or(64 * 1024);
-    let files: Vec<PathBuf> = s
-        .strings(d, "files")
-        .unwrap_or_default()
-        .into_iter()
-        .map(|f| base.join(f))
-        .collect();
+    let files = read_files(&mut s, d, base);
     let anonymous = s.boolean(d, "anonymous").unwrap_or(false);
     let has_clients = root.get("clients").is_some();
     if anonymous && allow.is_empty() && files.is_empty() {
@@ -450,6 +445,15 @@ fn read_policy(root: &mut Section<'_>, d: &mut Diagnostics, base: &Path) -> Opti
 
 /// A list of rules (`allow`, `deny`): each a string, or a table `{ rule = "…", params =
 /// { Name = ["glob", …] } }`. Every bad entry is reported; the good ones are returned.
+/// `files = [...]`: rule files, relative to the config's directory.
+fn read_files(s: &mut Section<'_>, d: &mut Diagnostics, base: &Path) -> Vec<PathBuf> {
+    s.strings(d, "files")
+        .unwrap_or_default()
+        .into_iter()
+        .map(|f| base.join(f))
+        .collect()
+}
+
 fn read_rules<'a>(s: &mut Section<'a>, d: &mut Diagnostics, key: &'a str) -> Vec<RuleSpec> {
     let Some(value) = s.get(key) else {
         return Vec::new();
