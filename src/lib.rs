@@ -19,8 +19,9 @@
 //!   [`gate::policy`] (rule language, matcher, lint), [`gate::catalogue`] (Twilio's operations).
 //! - [`credentials`]: what each account attaches — Basic headers, and the OAuth2 token cache
 //!   ([`credentials::oauth`]) with its injected fetcher and clock.
-//! - [`upstream`]: verified TLS to Twilio ([`upstream::tls`]), bodies ([`upstream::body`]) and
-//!   the per-thread connection pool ([`upstream::pool`]).
+//! - [`upstream`]: verified TLS to Twilio ([`upstream::tls`]), bodies ([`upstream::body`]),
+//!   the per-thread connection pool ([`upstream::pool`]) and the HTTP/1.1 exchange each request
+//!   drives in its own task ([`upstream::http1`]).
 //! - [`control`]: the arc-swapped per-generation [`control::state`], [`control::reload`] with
 //!   its file [`control::watch`], and the [`control::admin`] endpoints.
 //! - [`webhooks`]: the inbound listener that verifies Twilio's webhook signatures

@@ -123,27 +123,12 @@ struct Tokens {
     revoked: Vec<String>,
 }
 
-fn server_config(pki: &ThrowawayPki, alpn: &[u8]) -> Arc<rustls::ServerConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            pki.server_chain.clone(),
-            rustls_pki_types::PrivateKeyDer::Pkcs8(pki.server_key_der()),
-        )
-        .unwrap();
-    tls.alpn_protocols = vec![alpn.to_vec()];
-    Arc::new(tls)
-}
-
 impl Twilio {
     async fn start(started: Instant) -> Twilio {
         let pki = ThrowawayPki::new(&["api.twilio.com", "verify.twilio.com", "oauth.twilio.com"])
             .unwrap();
-        let h1 = server_config(&pki, b"http/1.1");
-        let h2 = server_config(&pki, b"h2");
+        let h1 = tls_server_config(&pki, &[b"http/1.1"]);
+        let h2 = tls_server_config(&pki, &[b"h2"]);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let twilio = Twilio {
             addr: listener.local_addr().unwrap(),

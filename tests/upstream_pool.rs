@@ -28,21 +28,7 @@ async fn stand_in_http1_only() -> StandIn {
 }
 
 fn settings(stand_in: &StandIn, idle_timeout: Duration, max_idle: usize) -> UpstreamConfig {
-    UpstreamConfig {
-        default_host: HOST.into(),
-        allowed_hosts: vec![HOST.into(), "verify.twilio.com".into()],
-        connect_to: Some(stand_in.addr()),
-        ca_file: None,
-        connect_timeout: Duration::from_secs(5),
-        request_timeout: Duration::from_secs(10),
-        pool_idle_timeout: idle_timeout,
-        pool_max_idle_per_host: max_idle,
-        http2_max_streams: 100,
-        queue_timeout: Duration::from_secs(5),
-        max_queued: 1000,
-        retry_429: 3,
-        forward_headers: Vec::new(),
-    }
+    upstream_settings(stand_in.addr(), idle_timeout, max_idle)
 }
 
 fn upstream(stand_in: &StandIn, idle_timeout: Duration, max_idle: usize) -> Upstream {
@@ -323,26 +309,10 @@ struct H2Upstream {
     read_but_unanswered: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
-/// TLS for a raw HTTP/2-only test server with the stand-in's certificate.
-fn h2_tls_acceptor(pki: &ThrowawayPki) -> tokio_rustls::TlsAcceptor {
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            pki.server_chain.clone(),
-            rustls_pki_types::PrivateKeyDer::Pkcs8(pki.server_key_der()),
-        )
-        .unwrap();
-    tls.alpn_protocols = vec![b"h2".to_vec()];
-    tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls))
-}
-
 async fn h2_upstream(pki: &ThrowawayPki, how: Refusal, refusing: u64) -> H2Upstream {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{Arc, Mutex};
-    let acceptor = h2_tls_acceptor(pki);
+    let acceptor = tls_acceptor(pki, &[b"h2"]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let up = H2Upstream {
         addr: listener.local_addr().unwrap(),
@@ -560,7 +530,7 @@ async fn holding_h2_upstream(
 ) -> HoldingH2Upstream {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
-    let acceptor = h2_tls_acceptor(pki);
+    let acceptor = tls_acceptor(pki, &[b"h2"]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let up = HoldingH2Upstream {
         addr: listener.local_addr().unwrap(),

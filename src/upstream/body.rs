@@ -12,7 +12,8 @@ use http::Request;
 use http_body_util::{Either, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-use super::pool::{PooledSender, StreamSlot};
+use super::http1::Http1Body;
+use super::pool::{ReturnAddress, StreamSlot};
 
 /// Request bodies to Twilio: the app's, streamed under the body limit, or bytes the sidecar
 /// holds (a buffered body, a token request).
@@ -20,33 +21,48 @@ pub type RequestBody = Either<Limited<Incoming>, Full<Bytes>>;
 /// Response bodies to the app: Twilio's, streamed, or one the sidecar made.
 pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
 
-/// A response body from Twilio. Dropped after its last byte, it returns its HTTP/1.1
-/// connection to the pool; dropped early (the app went away), the connection is closed, since
-/// the rest of that response would still be on the wire.
+/// A response body from Twilio. Read to its end, an HTTP/1.1 body returns its connection to
+/// the pool; dropped early (the app went away), the connection is closed, since the rest of
+/// that response would still be on the wire.
 pub struct UpstreamBody {
-    inner: Incoming,
-    pooled: Option<PooledSender>,
-    /// The HTTP/2 stream this response arrives on, freed when it ends.
-    stream: Option<StreamSlot>,
-    ended: bool,
+    inner: Inner,
 }
 
+enum Inner {
+    /// Read from the connection in the app connection's task; `home` takes the connection
+    /// back at the end.
+    Http1 {
+        body: Http1Body,
+        home: Option<ReturnAddress>,
+    },
+    /// A stream of a shared HTTP/2 connection, freed when the body ends.
+    Http2 {
+        body: Incoming,
+        stream: Option<StreamSlot>,
+        ended: bool,
+    },
+}
+
+/// Why reading a response body failed.
+pub type UpstreamBodyError = Box<dyn std::error::Error + Send + Sync>;
+
 impl UpstreamBody {
-    pub(crate) fn pooled(inner: Incoming, sender: PooledSender) -> Self {
+    pub(crate) fn http1(body: Http1Body, home: ReturnAddress) -> Self {
         UpstreamBody {
-            inner,
-            pooled: Some(sender),
-            stream: None,
-            ended: false,
+            inner: Inner::Http1 {
+                body,
+                home: Some(home),
+            },
         }
     }
 
-    pub(crate) fn on_stream(inner: Incoming, stream: StreamSlot) -> Self {
+    pub(crate) fn on_stream(body: Incoming, stream: StreamSlot) -> Self {
         UpstreamBody {
-            inner,
-            pooled: None,
-            stream: Some(stream),
-            ended: false,
+            inner: Inner::Http2 {
+                body,
+                stream: Some(stream),
+                ended: false,
+            },
         }
     }
 }
@@ -54,43 +70,72 @@ impl UpstreamBody {
 impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamBody")
-            .field("pooled", &self.pooled.is_some())
-            .field("ended", &self.ended)
+            .field("http1", &matches!(self.inner, Inner::Http1 { .. }))
+            .field("ended", &self.is_end_stream())
             .finish()
     }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            self.ended = true;
-            // The stream is closed; the next request may have it before this body is dropped.
-            self.stream = None;
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
+        match &mut self.inner {
+            Inner::Http1 { body, home } => {
+                let polled = body.poll_data(cx);
+                // Home as soon as the last byte is in: the next request may have the
+                // connection before the app has even been sent this one's end.
+                if let (Poll::Ready(Some(Ok(_)) | None), Some(_)) = (&polled, &home) {
+                    if let Some(conn) = body.take_reusable() {
+                        if let Some(home) = home.take() {
+                            home.give_back(conn);
+                        }
+                    }
+                }
+                polled.map(|d| d.map(|r| r.map(Frame::data).map_err(Into::into)))
+            }
+            Inner::Http2 {
+                body,
+                stream,
+                ended,
+            } => {
+                let polled = Pin::new(body).poll_frame(cx);
+                if let Poll::Ready(None) = polled {
+                    *ended = true;
+                    // The stream is closed; the next request may have it before this body is
+                    // dropped.
+                    *stream = None;
+                }
+                polled.map(|f| f.map(|r| r.map_err(Into::into)))
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended || self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Http1 { body, .. } => body.is_end_stream(),
+            Inner::Http2 { body, ended, .. } => *ended || body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Http1 { body, .. } => body.size_hint(),
+            Inner::Http2 { body, .. } => body.size_hint(),
+        }
     }
 }
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        if let Some(lent) = self.pooled.take() {
-            if self.ended || self.inner.is_end_stream() {
-                lent.give_back();
+        // A body with no bytes (HEAD, 204, Content-Length: 0) may never be polled.
+        if let Inner::Http1 { body, home } = &mut self.inner {
+            if let (Some(conn), Some(home)) = (body.take_reusable(), home.take()) {
+                home.give_back(conn);
             }
         }
     }

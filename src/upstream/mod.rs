@@ -1,5 +1,6 @@
 //! The connection to Twilio: verified TLS only, pooled per serving thread
-//! ([`crate::upstream::pool`]).
+//! ([`crate::upstream::pool`]); HTTP/1.1 exchanges run in the request's own task
+//! ([`crate::upstream::http1`]), HTTP/2 on hyper's client.
 //!
 //! Trust is the webpki roots plus `upstream.ca_file`; ALPN offers h2 and http/1.1. With
 //! `upstream.connect_to` every connection goes to that one socket address, but the URI (and so
@@ -8,6 +9,7 @@
 
 pub mod account_limit;
 pub mod body;
+pub mod http1;
 pub mod pool;
 pub mod tls;
 

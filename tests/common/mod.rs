@@ -291,6 +291,58 @@ impl Harness {
     }
 }
 
+/// Server-side TLS with the stand-in PKI's certificate, offering exactly `alpn`: for raw test
+/// servers that script Twilio's side byte by byte.
+pub fn tls_server_config(
+    pki: &twilio_sidecar::dev::stand_in::ThrowawayPki,
+    alpn: &[&[u8]],
+) -> Arc<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            pki.server_chain.clone(),
+            rustls_pki_types::PrivateKeyDer::Pkcs8(pki.server_key_der()),
+        )
+        .unwrap();
+    tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(tls)
+}
+
+/// [`tls_server_config`] as an acceptor.
+pub fn tls_acceptor(
+    pki: &twilio_sidecar::dev::stand_in::ThrowawayPki,
+    alpn: &[&[u8]],
+) -> tokio_rustls::TlsAcceptor {
+    tokio_rustls::TlsAcceptor::from(tls_server_config(pki, alpn))
+}
+
+/// Upstream settings for `api.twilio.com` (and `verify.twilio.com`) at `connect_to`, with the
+/// pool's idle timeout and cap given.
+pub fn upstream_settings(
+    connect_to: SocketAddr,
+    idle_timeout: Duration,
+    max_idle: usize,
+) -> twilio_sidecar::config::UpstreamConfig {
+    twilio_sidecar::config::UpstreamConfig {
+        default_host: "api.twilio.com".into(),
+        allowed_hosts: vec!["api.twilio.com".into(), "verify.twilio.com".into()],
+        connect_to: Some(connect_to),
+        ca_file: None,
+        connect_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(10),
+        pool_idle_timeout: idle_timeout,
+        pool_max_idle_per_host: max_idle,
+        http2_max_streams: 100,
+        queue_timeout: Duration::from_secs(5),
+        max_queued: 1000,
+        retry_429: 3,
+        forward_headers: Vec::new(),
+    }
+}
+
 /// A stand-in for the product hosts plus an edge host, as a region/edge deployment would use.
 pub async fn stand_in() -> StandIn {
     let mut names = TWILIO_PRODUCT_HOSTS.to_vec();

@@ -1,82 +1,64 @@
 //! HTTP/1.1 connections: leased to one request at a time, and taken back when the response
-//! has been read to its end (by [`UpstreamBody`]'s drop), most recently used first, so the
-//! busiest few stay warm.
+//! has been read to its end (by [`UpstreamBody`]), most recently used first, so the busiest
+//! few stay warm.
 
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
-use http::uri::{Authority, PathAndQuery};
-use http::{header, HeaderValue, Request, Response, Uri};
-use hyper::client::conn::http1;
+use http::uri::Authority;
+use http::{HeaderValue, Request, Response};
 
-use super::{entry_for, ConnectionPool, Unsent};
+use super::{entry_for, ConnectionPool, ExchangeError, Unsent};
 use crate::upstream::body::{RequestBody, UpstreamBody};
+use crate::upstream::http1::{Http1Connection, SendError};
 
 /// An HTTP/1.1 connection waiting in the pool for its next request.
 pub(super) struct IdleConnection {
-    pub(super) sender: http1::SendRequest<RequestBody>,
+    pub(super) conn: Box<Http1Connection>,
     pub(super) since: Instant,
 }
 
-/// An HTTP/1.1 connection lent to one request, to return once its response has been read.
-pub(crate) struct PooledSender {
+/// Where an HTTP/1.1 connection lent to one request goes back once its response has been read.
+pub(crate) struct ReturnAddress {
     pool: Weak<ConnectionPool>,
     authority: Authority,
-    sender: http1::SendRequest<RequestBody>,
 }
 
-impl PooledSender {
+impl ReturnAddress {
     /// Back to the pool (if it still exists): the response was read to its end.
-    pub(crate) fn give_back(self) {
+    pub(crate) fn give_back(self, conn: Box<Http1Connection>) {
         if let Some(pool) = self.pool.upgrade() {
-            pool.give_back(&self.authority, self.sender);
+            pool.give_back(&self.authority, conn);
         }
     }
 }
 
 impl ConnectionPool {
-    /// One HTTP/1.1 exchange on `sender`; the response's body returns the connection to the
-    /// pool when it ends.
+    /// One HTTP/1.1 exchange on `conn`, in this task; the response's body returns the
+    /// connection to the pool when it ends.
     pub(super) async fn exchange_h1(
         self: &Arc<Self>,
         authority: &Authority,
-        mut sender: http1::SendRequest<RequestBody>,
+        conn: Box<Http1Connection>,
         host_header: HeaderValue,
-        mut req: Request<RequestBody>,
+        req: Request<RequestBody>,
+        reused: bool,
     ) -> Result<Response<UpstreamBody>, Unsent> {
-        // HTTP/1.1 wants origin form and a Host header; the URI carried the host. The
-        // absolute URI is put back if the request must go out again.
-        req.headers_mut().insert(header::HOST, host_header);
-        let origin = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let absolute_uri = std::mem::replace(req.uri_mut(), Uri::from(origin));
-        match sender.try_send_request(req).await {
+        match conn.send(req, &host_header, reused).await {
             Ok(response) => {
-                let pool = PooledSender {
+                let home = ReturnAddress {
                     pool: Arc::downgrade(self),
                     authority: authority.clone(),
-                    sender,
                 };
-                Ok(response.map(|body| UpstreamBody::pooled(body, pool)))
+                Ok(response.map(|body| UpstreamBody::http1(body, home)))
             }
-            Err(mut e) => match e.take_message() {
-                Some(mut unsent) => {
-                    *unsent.uri_mut() = absolute_uri;
-                    Err(Unsent::Again(unsent, e.into_error()))
-                }
-                None => Err(Unsent::Failed(e.into_error())),
-            },
+            Err(SendError::Unsent(req, e)) => Err(Unsent::Again(req, ExchangeError::Http1(e))),
+            Err(SendError::Failed(e)) => Err(Unsent::Failed(ExchangeError::Http1(e))),
         }
     }
 
     /// Takes back an HTTP/1.1 connection whose response was read to the end.
-    fn give_back(self: &Arc<Self>, authority: &Authority, sender: http1::SendRequest<RequestBody>) {
-        if sender.is_closed() {
-            return;
-        }
+    fn give_back(self: &Arc<Self>, authority: &Authority, conn: Box<Http1Connection>) {
         {
             let mut hosts = self.lock();
             let Ok(entry) = entry_for(&mut hosts, authority) else {
@@ -86,7 +68,7 @@ impl ConnectionPool {
                 return;
             }
             entry.idle.push(IdleConnection {
-                sender,
+                conn,
                 since: Instant::now(),
             });
         }

@@ -11,7 +11,7 @@ use http::uri::Authority;
 use http::{Request, Response};
 use hyper::client::conn::http2;
 
-use super::{entry_for, ConnectionPool, HostConnections, Unsent};
+use super::{entry_for, ConnectionPool, ExchangeError, HostConnections, Unsent};
 use crate::upstream::body::{RequestBody, UpstreamBody};
 use crate::upstream::UpstreamFailure;
 
@@ -60,8 +60,8 @@ pub(super) async fn exchange_h2(
         Err(mut e) => {
             let refused = is_refused_stream(e.error());
             match e.take_message().or(if refused { copy } else { None }) {
-                Some(again) => Err(Unsent::Again(again, e.into_error())),
-                None => Err(Unsent::Failed(e.into_error())),
+                Some(again) => Err(Unsent::Again(again, ExchangeError::Http2(e.into_error()))),
+                None => Err(Unsent::Failed(ExchangeError::Http2(e.into_error()))),
             }
         }
     }

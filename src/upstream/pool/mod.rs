@@ -11,7 +11,9 @@
 //!
 //! What it keeps from the pooled client: ALPN picks HTTP/2 (connections shared by the thread's
 //! requests to a host) or HTTP/1.1 (a stack of idle connections, most recently used first, so
-//! the busiest few stay warm); a request that never left because its reused connection had just
+//! the busiest few stay warm; each exchange is driven by the request's own task through
+//! [`crate::upstream::http1`], with no connection task, and an idle connection is checked for
+//! Twilio's close, without waiting, before a request is put on it); a request that never left because its reused connection had just
 //! closed is sent again on a fresh one; idle connections are closed after `pool_idle_timeout`
 //! and at most `pool_max_idle_per_host` are kept. What it adds:
 //! - an HTTP/2 stream Twilio turned away without processing it (REFUSED_STREAM, or a graceful
@@ -37,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::client::legacy::connect::Connection;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -46,10 +48,11 @@ use tower_service::Service;
 
 use crate::metrics::UpstreamMetrics;
 use crate::upstream::body::{replayable, RequestBody, UpstreamBody};
+use crate::upstream::http1::{Http1Connection, Http1Error};
 use crate::upstream::tls::{is_tls_error, Connector};
 use crate::upstream::UpstreamFailure;
 use h1::IdleConnection;
-pub(crate) use h1::PooledSender;
+pub(crate) use h1::ReturnAddress;
 pub(crate) use h2::StreamSlot;
 use h2::{exchange_h2, Announce, ConnectState, SharedH2};
 use sweep::idle_expired;
@@ -93,7 +96,7 @@ pub(super) struct HostConnections {
 /// A connection checked out for one request.
 enum Lease {
     Http1 {
-        sender: http1::SendRequest<RequestBody>,
+        conn: Box<Http1Connection>,
         host_header: HeaderValue,
         reused: bool,
     },
@@ -122,7 +125,7 @@ impl Lease {
     /// Waits until the connection can take a request; false if it closed instead.
     async fn ready(&mut self) -> bool {
         match self {
-            Lease::Http1 { sender, .. } => sender.ready().await.is_ok(),
+            Lease::Http1 { conn, .. } => conn.is_idle_open(),
             Lease::Http2 { sender, .. } => sender.ready().await.is_ok(),
         }
     }
@@ -196,10 +199,13 @@ impl ConnectionPool {
                         }
                     }
                     Lease::Http1 {
-                        sender,
+                        conn,
                         host_header,
                         reused,
-                    } => match self.exchange_h1(&authority, sender, host_header, req).await {
+                    } => match self
+                        .exchange_h1(&authority, conn, host_header, req, reused)
+                        .await
+                    {
                         Ok(response) => return Ok(response),
                         // A reused connection can close just as a request is handed to it; if
                         // the request never left, send it again on a new one.
@@ -231,9 +237,8 @@ impl ConnectionPool {
                 self.pick(entry)
             };
             match pick {
-                // An idle HTTP/1.1 connection was returned as soon as its response body ended
-                // (hyper may still be finishing that exchange), and Twilio may have closed
-                // either kind meanwhile: the next pass drops a closed one and tries again.
+                // Twilio may have closed an idle connection of either kind meanwhile: the next
+                // pass drops a closed one and tries again.
                 Pick::Lease(mut lease) => {
                     if lease.ready().await {
                         return Ok(lease);
@@ -282,9 +287,9 @@ impl ConnectionPool {
         }
         let now = Instant::now();
         while let Some(idle) = entry.idle.pop() {
-            if !idle.sender.is_closed() && !idle_expired(idle.since, now, self.idle_timeout) {
+            if !idle_expired(idle.since, now, self.idle_timeout) {
                 return Pick::Lease(Lease::Http1 {
-                    sender: idle.sender,
+                    conn: idle.conn,
                     host_header: entry.host_header.clone(),
                     reused: true,
                 });
@@ -320,10 +325,10 @@ impl ConnectionPool {
                 announce.finish(entry, Err(failure));
                 return Err(failure);
             }
-            Ok(Connected::Http1(sender)) => {
+            Ok(Connected::Http1(conn)) => {
                 entry.speaks_h2 = false;
                 Lease::Http1 {
-                    sender,
+                    conn,
                     host_header: entry.host_header.clone(),
                     reused: false,
                 }
@@ -384,7 +389,17 @@ impl ConnectionPool {
                 .with_label_values(&[authority.host(), kind])
                 .inc();
         }
-        if io.connected().is_negotiated_h2() {
+        if !io.connected().is_negotiated_h2() {
+            // HTTP/1.1 is driven by the request that leases it, on the TLS stream itself.
+            return match io {
+                MaybeHttpsStream::Https(tls) => {
+                    Ok(Connected::Http1(Http1Connection::new(tls.into_inner())))
+                }
+                // The connector is built `https_only`; a plain stream is refused, never used.
+                MaybeHttpsStream::Http(_) => Err(UpstreamFailure::Tls),
+            };
+        }
+        {
             let (sender, connection) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .handshake(io)
@@ -392,12 +407,6 @@ impl ConnectionPool {
                 .map_err(|e| classify_exchange(&e))?;
             drive(connection, "HTTP/2");
             Ok(Connected::Http2(sender))
-        } else {
-            let (sender, connection) = http1::handshake(io)
-                .await
-                .map_err(|e| classify_exchange(&e))?;
-            drive(connection, "HTTP/1.1");
-            Ok(Connected::Http1(sender))
         }
     }
 
@@ -470,8 +479,17 @@ pub(super) fn entry_for<'h>(
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Unsent {
     /// The request may go out again: it never left, or Twilio refused its stream unprocessed.
-    Again(Request<RequestBody>, hyper::Error),
-    Failed(hyper::Error),
+    Again(Request<RequestBody>, ExchangeError),
+    Failed(ExchangeError),
+}
+
+/// What broke an exchange, by protocol.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ExchangeError {
+    #[error(transparent)]
+    Http1(Http1Error),
+    #[error(transparent)]
+    Http2(hyper::Error),
 }
 
 /// Runs a connection's I/O in a task of its own until Twilio or the pool closes it.
@@ -505,7 +523,7 @@ fn classify_connect(e: &(dyn std::error::Error + Send + Sync + 'static)) -> Upst
 }
 
 /// A failure on an open connection.
-fn classify_exchange(e: &hyper::Error) -> UpstreamFailure {
+fn classify_exchange(e: &(dyn std::error::Error + 'static)) -> UpstreamFailure {
     if is_tls_error(e) {
         UpstreamFailure::Tls
     } else {
@@ -515,6 +533,6 @@ fn classify_exchange(e: &hyper::Error) -> UpstreamFailure {
 
 /// A connection just opened, before the pool has filed it.
 enum Connected {
-    Http1(http1::SendRequest<RequestBody>),
+    Http1(Box<Http1Connection>),
     Http2(http2::SendRequest<RequestBody>),
 }

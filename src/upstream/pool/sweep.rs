@@ -35,8 +35,8 @@ impl ConnectionPool {
         let now = Instant::now();
         let mut hosts = self.lock();
         for entry in hosts.iter_mut() {
-            entry.idle.retain(|idle| {
-                !idle.sender.is_closed() && !idle_expired(idle.since, now, self.idle_timeout)
+            entry.idle.retain_mut(|idle| {
+                !idle_expired(idle.since, now, self.idle_timeout) && idle.conn.is_idle_open()
             });
             entry.h2.retain(|c| {
                 !c.sender.is_closed()
