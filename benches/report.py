@@ -215,7 +215,7 @@ def ab_table(path):
                      f"{fmt(r['old']['p99_us'])} | {fmt(r['new']['p99_us'])} |")
     return ("\n## The last change, A/B\n\n"
             f"{data['label']}: both builds served side by side in one run of `benches/ab.py` "
-            f"({data['workers']} workers each, the same upstream), wrk alternating between them for "
+            f"({data['workers']} worker{'' if data['workers'] == 1 else 's'} each, the same upstream), wrk alternating between them for "
             f"{data['rounds']} rounds of {data['seconds']} s; medians, and the slowest and fastest run of each, since a "
             "single run on this shared machine moves by ±10 %.\n\n" + "\n".join(lines) + "\n")
 
@@ -365,16 +365,24 @@ legacy client, whose checkout and return hashed the host name with SipHash on ev
 and boxed the request future (about 55,900 → 48,000 instructions per request; the A/B table
 above compares the two builds under load).
 
-What remains, by callgrind's attribution: hyper's parsing and encoding on both sides
-(httparse, header maps, URI parsing); rustls' record encryption (the same AES-GCM work nginx
-does); moving requests through hyper's dispatch channel and futures into place. None of these is
-a single large item any more (the instruction counts above say how far from nginx and HAProxy
-that leaves the sidecar's user-space cost per request). Removing the hop between the app connection's
-task and the upstream connection's task was tried — the request's own task polling hyper's
-HTTP/1.1 connection while it waits for the head and while the app reads the body, with no
-connection task — and not kept: the app connection's task was then woken more often, each wake
-re-polling its whole stack, and the instruction count rose by about 1 % with no gain in an A/B
-load run.
+The HTTP/1.1 exchange with the upstream now runs in the request's own task
+(`src/upstream/http1/`): the request head and body are written and the response read straight
+from the TLS stream, the response body handed to the app as the app's connection asks for it,
+with no connection task, no dispatch channel and no wake-up of another task per request —
+hyper's client connection sent each request across tasks for the head, the response and every
+body frame. Framing is the sidecar's own and strict (only `chunked` as a transfer coding,
+`Content-Length` digits only and consistent, both together refused, reuse only when a
+response ended exactly where its framing said). Callgrind, one worker, c=16: 52,326 → 43,853
+instructions per request; the A/B table above is that change under load with one worker.
+(An earlier attempt — the request's task polling hyper's client connection itself — kept
+hyper's dispatch and want signalling, each now a self-wake that re-polled the app connection's
+stack, and cost about 1 % more; owning the exchange is what removed the hop.)
+
+What remains, by callgrind's attribution: hyper's parsing and encoding on the app's side
+(httparse, header maps, URI parsing); rustls' record encryption and decryption (the same
+AES-GCM work nginx does); the access-log line; moving each request's future into place. None
+of these is a single large item (the instruction counts above say how far from nginx and
+HAProxy that leaves the sidecar's user-space cost per request).
 
 Copying, which instruction counts understate: `perf` at c=256 puts about 6 % of the sidecar's
 CPU in `memmove`, and callgrind traces the largest single copy to hyper moving each request's

@@ -40,6 +40,8 @@ pub(crate) type TlsIo = tokio_rustls::client::TlsStream<TokioIo<TokioIo<TcpStrea
 const READ_CHUNK: usize = 8 * 1024;
 /// A buffered request body up to this size goes out in the same write as its head.
 const INLINE_BODY: usize = 16 * 1024;
+/// A write buffer grown past this (by an inlined body) is not kept for the next request.
+const KEPT_WRITE_BUFFER: usize = 4 * 1024;
 
 /// Why an HTTP/1.1 exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +67,8 @@ pub enum Http1Error {
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum SendError {
     /// A reused connection failed before the request was complete on the wire, so Twilio
-    /// cannot have acted on it: it may go out again on another connection.
+    /// cannot have acted on it, or closed with nothing sent back to an idempotent request: it
+    /// may go out again on another connection.
     Unsent(Request<RequestBody>, Http1Error),
     Failed(Http1Error),
 }
@@ -83,7 +86,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Http1Connection<IO> {
         Box::new(Http1Connection {
             io,
             read: BytesMut::new(),
-            write: Vec::with_capacity(1024),
+            write: Vec::with_capacity(KEPT_WRITE_BUFFER),
         })
     }
 
@@ -139,12 +142,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Http1Connection<IO> {
                 SendError::Failed(e.into())
             }
         };
-        match req.body() {
+        // Kept while it can still go out again: a buffered body can be sent twice.
+        let again = match req.body() {
             Either::Right(full) => {
                 let body = full_bytes(full);
                 if let Err(e) = self.write_all_with(&body).await {
                     return Err(unsent(req, e));
                 }
+                Some(req)
             }
             Either::Left(_) => {
                 if let Err(e) = self.write_all_with(&[]).await {
@@ -153,9 +158,28 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Http1Connection<IO> {
                 self.stream_body(req.into_body(), framing)
                     .await
                     .map_err(SendError::Failed)?;
+                None
             }
-        }
-        let head = self.read_head(&method).await.map_err(SendError::Failed)?;
+        };
+        let head = match self.read_head(&method).await {
+            Ok(head) => head,
+            // Twilio closed a kept-alive connection just as this request reached it (its idle
+            // timer and the request crossed): nothing came back, so an idempotent request goes
+            // out again, as RFC 9112 §9.3.1 lets a client do. Anything else — a POST above all,
+            // which may have sent a message — fails rather than risk being acted on twice.
+            Err(e)
+                if reused
+                    && method.is_idempotent()
+                    && self.read.is_empty()
+                    && closed_by_peer(&e) =>
+            {
+                return Err(match again {
+                    Some(req) => SendError::Unsent(req, e),
+                    None => SendError::Failed(e),
+                })
+            }
+            Err(e) => return Err(SendError::Failed(e)),
+        };
         let mut response = Response::new(Http1Body {
             framing: match head.framing {
                 Framing::Length(0) => Framing::Empty,
@@ -178,6 +202,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Http1Connection<IO> {
         } else {
             self.io.write_all(&self.write).await?;
             self.io.write_all(body).await?;
+        }
+        if self.write.capacity() > KEPT_WRITE_BUFFER {
+            // An idle connection keeps its buffer; a large inlined body should not stay in it.
+            self.write = Vec::with_capacity(KEPT_WRITE_BUFFER);
         }
         self.io.flush().await
     }
@@ -233,6 +261,21 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Http1Connection<IO> {
                 return Err(Http1Error::Closed);
             }
         }
+    }
+}
+
+/// An end of the connection from Twilio's side: end of stream, or a reset.
+fn closed_by_peer(e: &Http1Error) -> bool {
+    match e {
+        Http1Error::Closed => true,
+        Http1Error::Io(io) => matches!(
+            io.kind(),
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof
+        ),
+        _ => false,
     }
 }
 

@@ -278,6 +278,32 @@ async fn a_reused_connection_that_closed_hands_the_request_back() {
 }
 
 #[tokio::test]
+async fn a_reused_connection_closed_as_the_request_arrived_resends_only_idempotent_requests() {
+    for (method, reused, handed_back) in [
+        (Method::GET, true, true),
+        (Method::DELETE, true, true),
+        (Method::POST, true, false),
+        (Method::GET, false, false),
+    ] {
+        let (conn, mut server) = pair();
+        let sent = tokio::spawn({
+            let method = method.clone();
+            async move { conn.send(request(method, b""), &host(), reused).await }
+        });
+        // Twilio reads the request, then closes without a byte of response.
+        skip_request_head(&mut server).await;
+        drop(server);
+        let got = sent.await.unwrap();
+        assert_eq!(
+            matches!(got, Err(SendError::Unsent(..))),
+            handed_back,
+            "{method} reused={reused}"
+        );
+        assert!(got.is_err());
+    }
+}
+
+#[tokio::test]
 async fn an_idle_connection_knows_when_the_peer_closed_or_spoke_unasked() {
     let (mut conn, server) = pair();
     assert!(conn.is_idle_open());

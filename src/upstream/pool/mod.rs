@@ -13,9 +13,10 @@
 //! requests to a host) or HTTP/1.1 (a stack of idle connections, most recently used first, so
 //! the busiest few stay warm; each exchange is driven by the request's own task through
 //! [`crate::upstream::http1`], with no connection task, and an idle connection is checked for
-//! Twilio's close, without waiting, before a request is put on it); a request that never left because its reused connection had just
-//! closed is sent again on a fresh one; idle connections are closed after `pool_idle_timeout`
-//! and at most `pool_max_idle_per_host` are kept. What it adds:
+//! Twilio's close, without waiting, before a request is put on it); a request that never left
+//! because its reused connection had just closed is sent again on a fresh one; idle
+//! connections are closed after `pool_idle_timeout` and at most `pool_max_idle_per_host` are
+//! kept. What it adds:
 //! - an HTTP/2 stream Twilio turned away without processing it (REFUSED_STREAM, or a graceful
 //!   GOAWAY retiring the connection) is sent again on a new connection instead of failing —
 //!   `h2::is_refused_stream` says which ones qualify;
@@ -367,7 +368,7 @@ impl ConnectionPool {
         Ok(lease)
     }
 
-    /// The TLS handshake, then HTTP/2 or HTTP/1.1 set-up as ALPN chose.
+    /// The TLS handshake, then HTTP/2 set-up or a bare HTTP/1.1 connection as ALPN chose.
     async fn open(&self, authority: &Authority) -> Result<Connected, UpstreamFailure> {
         let mut connector = self.connector.clone();
         std::future::poll_fn(|cx| connector.poll_ready(cx))
@@ -399,15 +400,13 @@ impl ConnectionPool {
                 MaybeHttpsStream::Http(_) => Err(UpstreamFailure::Tls),
             };
         }
-        {
-            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .handshake(io)
-                .await
-                .map_err(|e| classify_exchange(&e))?;
-            drive(connection, "HTTP/2");
-            Ok(Connected::Http2(sender))
-        }
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(|e| classify_exchange(&e))?;
+        drive(connection, "HTTP/2");
+        Ok(Connected::Http2(sender))
     }
 
     /// Stops handing out shared HTTP/2 connection `id` (Twilio is retiring it); the requests
