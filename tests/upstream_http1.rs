@@ -270,3 +270,37 @@ async fn large_bodies_stream_both_ways_to_an_http1_only_twilio() {
     assert_eq!(seen[1].header_values("content-length"), ["0"]);
     assert_eq!(seen[0].header_values("content-length"), ["1500000"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_twilio_dropped_on_a_kept_alive_connection_is_resent_and_a_post_is_not() {
+    // Requests 1 and 3 (0-based) are read and then the connection closes without an answer:
+    // Twilio's keep-alive timer crossing the request.
+    let raw = raw_twilio(|n| match n {
+        1 | 3 => (b"", After::Drop),
+        _ => (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+            After::KeepOpen,
+        ),
+    })
+    .await;
+    let (addr, ca_pem) = (raw.addr, raw.pki.ca_pem.clone());
+    let h = Harness::start_with(|ctx| {
+        write(&ctx.dir, "ca.pem", &ca_pem);
+        // One serving thread, so every request finds the connection the last one used.
+        let head = listeners_and_upstream(ctx)
+            .replace("[admin]", "workers = 1\n\n[admin]")
+            .replace(&ctx.stand_in.to_string(), &addr.to_string());
+        standard_config(ctx, "", POLICY).replace(&listeners_and_upstream(ctx), &head)
+    })
+    .await;
+    let path = format!("/2010-04-01/Accounts/{SID}/Messages.json");
+    assert_eq!(h.send("GET", &path, &[], b"").await.status, 200);
+    assert_eq!(h.send("GET", &path, &[], b"").await.status, 200, "resent");
+    assert_eq!(raw.connections(), 2);
+    // A POST may have sent a message: it is not sent twice.
+    h.send("POST", &path, &[], b"Body=hi")
+        .await
+        .twilio_error(502);
+    assert_eq!(h.send("GET", &path, &[], b"").await.status, 200);
+    assert_eq!(raw.heads.lock().unwrap().len(), 5);
+}

@@ -151,6 +151,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Http1Connection<IO> {
                 }
                 Some(req)
             }
+            // No body at all (a GET): nothing to stream, and the request can go out again.
+            Either::Left(empty) if empty.is_end_stream() => {
+                if let Err(e) = self.write_all_with(&[]).await {
+                    return Err(unsent(req, e));
+                }
+                Some(req)
+            }
             Either::Left(_) => {
                 if let Err(e) = self.write_all_with(&[]).await {
                     return Err(unsent(req, e));
