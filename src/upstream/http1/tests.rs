@@ -66,6 +66,19 @@ async fn read_to_end(mut body: Http1Body<DuplexStream>) -> (Vec<u8>, Option<Http
     (data, error, body.take_reusable().is_none())
 }
 
+/// Sends a GET, answers it with `wire` and closes the peer's side; what [`read_to_end`] saw.
+async fn answer_then_close(wire: &'static [u8]) -> (Vec<u8>, Option<Http1Error>, bool) {
+    let (conn, mut server) = pair();
+    let reader = tokio::spawn(async move {
+        let r = conn.send(request(Method::GET, b""), &host(), false).await;
+        read_to_end(r.ok().unwrap().into_body()).await
+    });
+    skip_request_head(&mut server).await;
+    server.write_all(wire).await.unwrap();
+    drop(server);
+    reader.await.unwrap()
+}
+
 /// Sends `req`, answers with `response` written in pieces of `step` bytes, and reads the
 /// whole body. Returns the body (or its error) and the response's body for reuse checks.
 async fn exchange(
@@ -189,18 +202,7 @@ async fn connections_that_must_close_are_not_reused() {
     assert!(rest.take_reusable().is_none());
 
     // A body delimited by the close itself: all of it, then no reuse.
-    let (conn, mut server) = pair();
-    let reader = tokio::spawn(async move {
-        let r = conn.send(request(Method::GET, b""), &host(), false).await;
-        read_to_end(r.ok().unwrap().into_body()).await
-    });
-    skip_request_head(&mut server).await;
-    server
-        .write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil close")
-        .await
-        .unwrap();
-    drop(server);
-    let (data, error, not_reused) = reader.await.unwrap();
+    let (data, error, not_reused) = answer_then_close(b"HTTP/1.1 200 OK\r\n\r\nuntil close").await;
     assert_eq!(data, b"until close");
     assert!(error.is_none());
     assert!(not_reused);
@@ -218,18 +220,8 @@ async fn bytes_after_the_response_mean_the_connection_is_not_reused() {
 
 #[tokio::test]
 async fn a_body_cut_short_is_an_error() {
-    let (conn, mut server) = pair();
-    let reader = tokio::spawn(async move {
-        let r = conn.send(request(Method::GET, b""), &host(), false).await;
-        read_to_end(r.ok().unwrap().into_body()).await
-    });
-    skip_request_head(&mut server).await;
-    server
-        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort")
-        .await
-        .unwrap();
-    drop(server);
-    let (_, error, not_reused) = reader.await.unwrap();
+    let (_, error, not_reused) =
+        answer_then_close(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort").await;
     assert!(matches!(error, Some(Http1Error::Closed)));
     assert!(not_reused);
 }
