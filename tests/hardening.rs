@@ -215,20 +215,6 @@ async fn web_pages_cannot_reload_or_read_the_admin_port() {
     }
 }
 
-/// Reads until the peer closes; `true` if it did within `within`.
-async fn closed_by_peer(stream: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
-    use tokio::io::AsyncReadExt;
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-            Err(_) => return false,
-        }
-    }
-}
-
 /// A GET that may fail at any step (the server may close it at once): its status, if any.
 async fn try_get(addr: std::net::SocketAddr, target: &str) -> Option<u16> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -92,6 +92,7 @@ impl Proxy {
                 ))
             })?
             .to_bytes();
+        record.body_done = true;
         let request: TokenRequest = serde_json::from_slice(&bytes).map_err(|e| {
             count("refused", "bad_request");
             ProxyError::BadTokenRequest(format!(

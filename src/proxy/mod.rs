@@ -13,8 +13,8 @@
 //!    token waits briefly for the fetch in flight, then gets 503.
 //! 6. **upstream request** — `upstream_head` rewrites the URI to `https://{host}{path}`,
 //!    strips the app's credentials, hop-by-hop and method/URL-override headers and attaches
-//!    `Authorization`; `upstream_body` bounds the body (413) and buffers a small one so the
-//!    request can be sent again.
+//!    `Authorization`; `upstream_body` (`request_body`) bounds the body (413) and buffers a
+//!    small one so the request can be sent again.
 //! 7. **upstream call** — `exchange`: pooled, verified TLS; 502/504 on failure. A 401 to a
 //!    bearer token drops that token and replays the request once with a new one, when it was
 //!    buffered (`unauthorized`).
@@ -24,8 +24,9 @@
 //!
 //! Phases 1–4 are the gate's ([`crate::gate::Gate::admit`]), shared with `check`. A phase that
 //! refuses returns a [`ProxyError`]; [`Proxy::handle`] is the one place that turns it into a
-//! response ([`error`]), records metrics and writes the access-log line. `headers` holds what
-//! never crosses the sidecar.
+//! response ([`error`]), records metrics and writes the access-log line; a refusal sent with
+//! the app's body unread says `Connection: close` unless the body could be discarded first
+//! (`request_body`). `headers` holds what never crosses the sidecar.
 
 pub mod connection_guard;
 pub mod error;
@@ -33,6 +34,7 @@ pub(crate) mod headers;
 mod local;
 pub mod paging;
 mod pipeline;
+mod request_body;
 mod retry;
 pub mod server;
 mod tunnel;
@@ -79,6 +81,9 @@ struct Record<'s> {
     deadline: Option<tokio::time::Instant>,
     /// Whether `Host` must be one the sidecar answers to (TCP listener requests).
     check_host: bool,
+    /// The app's request body was read to its end (or discarded), so its connection can
+    /// carry another request after a refusal (`request_body`).
+    body_done: bool,
 }
 
 impl Default for Record<'_> {
@@ -96,6 +101,7 @@ impl Default for Record<'_> {
             retries: 0,
             deadline: None,
             check_host: false,
+            body_done: false,
         }
     }
 }
@@ -169,7 +175,7 @@ impl Proxy {
         match self.permits.try_acquire() {
             Ok(_permit) if req.method() == Method::CONNECT => self.connect(req),
             Ok(_permit) => self.handle_in(req, None, true).await,
-            Err(_) => self.shed(req.method(), req.uri(), req.headers().get(X_REQUEST_ID)),
+            Err(_) => self.shed(&req),
         }
     }
 
@@ -180,7 +186,7 @@ impl Proxy {
         match self.permits.try_acquire() {
             Ok(_permit) if req.method() == Method::CONNECT => self.connect(req),
             Ok(_permit) => self.handle_in(req, None, false).await,
-            Err(_) => self.shed(req.method(), req.uri(), req.headers().get(X_REQUEST_ID)),
+            Err(_) => self.shed(&req),
         }
     }
 
@@ -220,6 +226,7 @@ impl Proxy {
         let request_id = self.request_id(req.headers().get(&X_REQUEST_ID));
         let method = req.method().clone();
         let uri = req.uri().clone();
+        let has_body = body_pending(&req);
 
         // The whole-request limit is applied here rather than by an outer layer so that a
         // request that runs out of time still gets its metrics and access-log line.
@@ -231,26 +238,26 @@ impl Proxy {
         };
         let outcome =
             tokio::time::timeout(limit, self.pipeline(&state, req, &mut record, tunnel)).await;
-        let response = match outcome {
-            Ok(Ok(response)) => response,
-            Ok(Err(error)) => error
-                .to_response(self.error_docs(&state))
-                .map(Either::Right),
-            Err(_) => ProxyError::RequestTimeout(limit)
-                .to_response(self.error_docs(&state))
-                .map(Either::Right),
+        let error = match outcome {
+            Ok(Ok(response)) => {
+                return self.finish(response, &record, &method, &uri, request_id, started)
+            }
+            Ok(Err(error)) => error,
+            Err(_) => ProxyError::RequestTimeout(limit),
         };
+        let mut response = error
+            .to_response(self.error_docs(&state))
+            .map(Either::Right);
+        if has_body && !record.body_done {
+            request_body::announce_close(&mut response);
+        }
         self.finish(response, &record, &method, &uri, request_id, started)
     }
 
     /// The answer for a request shed because `limits.max_concurrent_requests` are in flight:
-    /// 503 with `Retry-After`, counted and logged like any other request.
-    pub fn shed(
-        &self,
-        method: &Method,
-        uri: &Uri,
-        app_request_id: Option<&HeaderValue>,
-    ) -> Response<Body> {
+    /// 503 with `Retry-After`, counted and logged like any other request. Its body is not
+    /// read (that is the work being shed): the connection closes after it if it had one.
+    fn shed(&self, req: &Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         self.metrics.proxy.load_shed.inc();
         let record = Record {
@@ -258,11 +265,21 @@ impl Proxy {
             ..Record::default()
         };
         let state = self.state.load();
-        let response = ProxyError::Overloaded
+        let mut response = ProxyError::Overloaded
             .to_response(self.error_docs(&state))
             .map(Either::Right);
-        let request_id = self.request_id(app_request_id);
-        self.finish(response, &record, method, uri, request_id, started)
+        if body_pending(req) {
+            request_body::announce_close(&mut response);
+        }
+        let request_id = self.request_id(req.headers().get(X_REQUEST_ID));
+        self.finish(
+            response,
+            &record,
+            req.method(),
+            req.uri(),
+            request_id,
+            started,
+        )
     }
 
     /// Adds the request id, then records the metrics and the access-log line.
@@ -352,6 +369,13 @@ fn generated_request_id(prefix: u32, n: u64) -> HeaderValue {
 /// a whole number of microseconds prints as exactly that many decimals.
 fn latency_ms(elapsed: std::time::Duration) -> f64 {
     elapsed.as_micros() as f64 / 1000.0
+}
+
+/// An HTTP/1 request whose body has yet to be read: refused unread, its connection closes
+/// (`request_body`). HTTP/2 resets just the stream.
+fn body_pending(req: &Request<Incoming>) -> bool {
+    use hyper::body::Body as _;
+    req.version() < http::Version::HTTP_2 && !req.body().is_end_stream()
 }
 
 /// Decrements the in-flight gauge however the request ends (including a dropped future).

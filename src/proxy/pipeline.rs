@@ -9,13 +9,14 @@ use http::header;
 use http::request::Parts;
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
 use tracing::warn;
 
 use super::headers::{strip_hop_by_hop, strip_request_headers};
 use super::paging::{rewrite_links, HeldPage, LinkBase, MAX_REWRITE_BODY};
+use super::request_body::{discard, read_body, upstream_body, AppBody};
 use super::tunnel::Tunnel;
 use super::{Proxy, Record};
 use crate::control::state::State;
@@ -66,23 +67,20 @@ impl Proxy {
         tunnel: Option<&Tunnel>,
     ) -> Result<Response<Body>, ProxyError> {
         let (mut parts, body) = req.into_parts();
-        // Phase 0 — browsers: a web page driving the sidecar is refused before anything else
-        // (before a 401 could make a browser ask its user for credentials).
-        if let Err(refusal) = state.gate.refuse_browsers(&parts, record.check_host) {
-            self.metrics.proxy.browser_refusals.inc();
-            return Err(refusal.into());
-        }
-        let caller = match tunnel {
-            Some(tunnel) => self.tunnel_caller(state, tunnel, record)?,
-            None => self.identify(state, &parts.headers, record)?,
+        // Phases 0–4 read the head only. Refused there, the body is unread: a small one is
+        // read and dropped so the app's connection can carry its next request. Boxed, as
+        // every rare path here: its future need not enlarge every request's.
+        let (caller, target) = match self.head_phases(state, &parts, tunnel, record) {
+            Ok((caller, Some(target))) => (caller, target),
+            // The sidecar's own endpoints: never routed to Twilio.
+            Ok((caller, None)) => {
+                return Box::pin(self.local(state, parts, body, caller, record)).await
+            }
+            Err(error) => {
+                record.body_done = Box::pin(discard(body, &parts.headers)).await;
+                return Err(error);
+            }
         };
-        // The sidecar's own endpoints: never routed to Twilio. Boxed: a rare path whose
-        // future need not enlarge every request's.
-        if parts.uri.path().starts_with(super::local::PREFIX) {
-            return Box::pin(self.local(state, parts, body, caller, record)).await;
-        }
-        // Phases 1–4 read the request only: the same code `check` runs.
-        let target = self.admit(state, &parts, caller, tunnel, record)?;
         let account = &state.accounts[record.account_index];
         // A stated body length over the limit is refused before anything else happens.
         let max = state.config.limits.max_request_body;
@@ -96,13 +94,22 @@ impl Proxy {
         } else {
             AppBody::Streaming(body)
         };
-        let attached = self.credential(account, record.account).await?;
+        let attached = match self.credential(account, record.account).await {
+            Ok(attached) => attached,
+            Err(error) => {
+                if let AppBody::Streaming(body) = body {
+                    record.body_done = Box::pin(discard(body, &parts.headers)).await;
+                }
+                return Err(error);
+            }
+        };
         let dropped = upstream_head(state, &mut parts, &target, &attached)?;
         if dropped > 0 {
             self.metrics.proxy.headers_dropped.inc_by(dropped);
         }
         let pkcv = account.pkcv.as_ref();
         let (body, buffered) = upstream_body(state, body, &attached, pkcv.is_some()).await?;
+        record.body_done = buffered.is_some();
         if let (Some(signer), Some(body)) = (pkcv, &buffered) {
             // Boxed: RSA signing is for PKCV accounts only; it must not enlarge every
             // request's future. (Their credential is an API key, so the 401 replay below,
@@ -149,6 +156,35 @@ impl Proxy {
                     .await
             }
         }
+    }
+
+    /// Phases 0–4, which read the request's head only: browsers, then the caller, then —
+    /// unless it is one of the sidecar's own endpoints (`None`) — the target.
+    fn head_phases<'s>(
+        &self,
+        state: &'s State,
+        parts: &Parts,
+        tunnel: Option<&Tunnel>,
+        record: &mut Record<'s>,
+    ) -> Result<(Caller, Option<Target>), ProxyError> {
+        // Phase 0 — browsers: a web page driving the sidecar is refused before anything else
+        // (before a 401 could make a browser ask its user for credentials).
+        if let Err(refusal) = state.gate.refuse_browsers(parts, record.check_host) {
+            self.metrics.proxy.browser_refusals.inc();
+            return Err(refusal.into());
+        }
+        let caller = match tunnel {
+            Some(tunnel) => self.tunnel_caller(state, tunnel, record)?,
+            None => self.identify(state, &parts.headers, record)?,
+        };
+        if parts.uri.path().starts_with(super::local::PREFIX) {
+            return Ok((caller, None));
+        }
+        // Phases 1–4: the same code `check` runs.
+        Ok((
+            caller,
+            Some(self.admit(state, parts, caller, tunnel, record)?),
+        ))
     }
 
     /// Phase 0 — **client**: with `[[clients]]`, who is asking, from the Basic credentials in
@@ -227,7 +263,9 @@ impl Proxy {
         let body = if body.size_hint().lower() > inspect {
             AppBody::Streaming(body)
         } else {
-            AppBody::Read(read_body(body, max).await?)
+            let bytes = read_body(body, max).await?;
+            record.body_done = true;
+            AppBody::Read(bytes)
         };
         let view = match &body {
             AppBody::Read(bytes) if bytes.len() as u64 <= inspect => BodyView::Bytes(bytes),
@@ -589,69 +627,6 @@ fn upstream_head(
     // hyper picks HTTP/2 or 1.1 upstream by ALPN, whatever the app spoke.
     parts.version = Version::HTTP_11;
     Ok(dropped)
-}
-
-/// Phase 6 — **upstream request**, its body: it never exceeds `limits.max_request_body` on
-/// its way to Twilio (413 otherwise). One of unknown length (chunked) is read first, bounded;
-/// a small one is buffered too, so the request can be sent again — after a 401 with a bearer
-/// token, or when Twilio's HTTP/2 edge refuses the stream unprocessed — and a PKCV account's
-/// always, since its hash is signed. Larger bodies stream through untouched. Returns the
-/// buffered bytes too, when they were buffered.
-async fn upstream_body(
-    state: &State,
-    body: AppBody,
-    attached: &Attached,
-    whole: bool,
-) -> Result<(RequestBody, Option<Bytes>), ProxyError> {
-    let body = match body {
-        AppBody::Read(bytes) => return Ok((Either::Right(Full::new(bytes.clone())), Some(bytes))),
-        AppBody::Streaming(body) => body,
-    };
-    let max = state.config.limits.max_request_body;
-    let replay_limit = state.config.oauth.replay_body_limit;
-    let known = body.size_hint().upper();
-    let limited = Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX));
-    let buffer = whole
-        || match known {
-            None => true,
-            // Nothing to hold, except that a bearer request's 401 replay is built from it.
-            Some(0) => attached.bearer.is_some(),
-            Some(n) => n <= replay_limit,
-        };
-    if !buffer {
-        return Ok((Either::Left(limited), None));
-    }
-    let bytes = collect_limited(limited, max).await?;
-    Ok((Either::Right(Full::new(bytes.clone())), Some(bytes)))
-}
-
-/// The app's request body: still streaming, or already read (to check its parameters).
-enum AppBody {
-    Streaming(Incoming),
-    Read(Bytes),
-}
-
-/// Reads a whole body, at most `max` bytes (413 beyond).
-async fn read_body(body: Incoming, max: u64) -> Result<Bytes, ProxyError> {
-    collect_limited(
-        Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX)),
-        max,
-    )
-    .await
-}
-
-async fn collect_limited(body: Limited<Incoming>, max: u64) -> Result<Bytes, ProxyError> {
-    Ok(body
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<LengthLimitError>() {
-                ProxyError::BodyTooLarge(max)
-            } else {
-                ProxyError::BadBody(e.to_string())
-            }
-        })?
-        .to_bytes())
 }
 
 /// The tunnel's host as this generation knows it (a reload may have removed it).

@@ -239,11 +239,7 @@ impl Proxy {
     async fn serve_tunneled(&self, req: Request<Incoming>, tunnel: &Tunnel) -> Response<Body> {
         match self.permits.try_acquire() {
             Ok(_permit) => self.handle_in(req, Some(tunnel), false).await,
-            Err(_) => self.shed(
-                req.method(),
-                req.uri(),
-                req.headers().get(&super::X_REQUEST_ID),
-            ),
+            Err(_) => self.shed(&req),
         }
     }
 

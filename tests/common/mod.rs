@@ -450,6 +450,12 @@ pub fn http1_request(
 pub async fn raw_request(addr: SocketAddr, bytes: &[u8]) -> RawResponse {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream.write_all(bytes).await.expect("write");
+    read_response(&mut stream).await
+}
+
+/// Reads one response from `stream` (to the peer's close when it has no framing); the
+/// stream stays open for the next request when the response was framed.
+pub async fn read_response(stream: &mut TcpStream) -> RawResponse {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -474,6 +480,19 @@ pub async fn raw_request(addr: SocketAddr, bytes: &[u8]) -> RawResponse {
         body: Vec::new(),
         raw: buf,
     })
+}
+
+/// Reads until the peer closes; `true` if it did within `within`.
+pub async fn closed_by_peer(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
 }
 
 /// `eof`: the peer closed, so a body without framing runs to the end.
