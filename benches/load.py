@@ -14,11 +14,16 @@ listen.workers serving threads). Access logs are off everywhere.
 
 The load generator is wrk, with the same thread count for every target; targets are run in a
 rotating order within each round so drift hits all alike; figures are medians over rounds.
+With `--access-logs` a second sidecar joins, with 20 [[clients]] authenticating every request.
+With `--tls-in` the app's side is TLS as well: nginx and HAProxy terminate it, the sidecar runs
+in transparent mode (CONNECT, then TLS with its local CA's leaf), and every row is driven by
+benches/load_client.rs, since wrk cannot send a CONNECT.
 Reported: req/s, p50/p99/p99.9 latency, proxy CPU seconds per 10k requests, proxy peak RSS,
 and ratios against nginx and against direct.
 
     python3 benches/load.py --binary target/release/twilio-sidecar            # full run
     python3 benches/load.py --binary target/release/twilio-sidecar --upstream-http2   # h2 upstream
+    python3 benches/load.py --binary target/release/twilio-sidecar --tls-in   # transparent mode
     python3 benches/load.py --binary target/debug/twilio-sidecar --smoke      # a few seconds
 """
 import argparse
@@ -170,10 +175,13 @@ http {{
     return Proc("upstream", p, port)
 
 
-def start_nginx(d, workers, upstream, auth, wrap=(), access_log=False) -> Proc:
+def start_nginx(d, workers, upstream, auth, wrap=(), access_log=False, tls_in=False) -> Proc:
     """`wrap` is a command prefix (e.g. valgrind); nginx then runs as one process, no master.
-    With `access_log`, one line per request to a file (the combined format), unbuffered."""
+    With `access_log`, one line per request to a file (the combined format), unbuffered. With
+    `tls_in`, the app's side is TLS too (the api.twilio.com certificate)."""
     port = free_port()
+    listen = (f"listen 127.0.0.1:{port} ssl; ssl_certificate {d}/server.pem; "
+              f"ssl_certificate_key {d}/server.key;") if tls_in else f"listen 127.0.0.1:{port};"
     conf = d / "nginx-proxy.conf"
     master = "off" if wrap else "on"
     log = f"access_log {d}/nginx-access.log combined;" if access_log else "access_log off;"
@@ -186,7 +194,7 @@ http {{
   keepalive_requests 1000000;
   upstream twilio {{ server 127.0.0.1:{upstream}; keepalive 256; }}
   server {{
-    listen 127.0.0.1:{port};
+    {listen}
     # The allow-list: what the sidecar's policy allows, and nothing else.
     location ~ ^/2010-04-01/Accounts/{SID}/Messages(\\.json|/.*)?$ {{
       limit_except GET POST {{ deny all; }}
@@ -212,9 +220,14 @@ http {{
     return Proc("nginx", p, port)
 
 
-def start_haproxy(d, workers, upstream, auth, wrap=(), http2=False, access_log=False) -> Proc:
-    """With `access_log`, HAProxy's HTTP log line per request, to stdout (a file here)."""
+def start_haproxy(d, workers, upstream, auth, wrap=(), http2=False, access_log=False, tls_in=False) -> Proc:
+    """With `access_log`, HAProxy's HTTP log line per request, to stdout (a file here). With
+    `tls_in`, the app's side is TLS too (the api.twilio.com certificate)."""
     port = free_port()
+    tls = ""
+    if tls_in:
+        (d / "server-full.pem").write_text((d / "server.pem").read_text() + (d / "server.key").read_text())
+        tls = f" ssl crt {d}/server-full.pem alpn http/1.1"
     alpn = "h2,http/1.1" if http2 else "http/1.1"
     conf = d / "haproxy.cfg"
     glog, dlog = ("\n  log stdout format raw local0", "\n  log global\n  option httplog") if access_log else ("", "")
@@ -231,7 +244,7 @@ defaults
   option http-keep-alive
   http-reuse always
 frontend app
-  bind 127.0.0.1:{port}
+  bind 127.0.0.1:{port}{tls}
   acl allowed_path path_reg ^/2010-04-01/Accounts/{SID}/Messages(\\.json|/.*)?$
   acl allowed_method method GET POST
   http-request deny deny_status 403 unless allowed_path allowed_method
@@ -258,11 +271,20 @@ def client_header(clients: int) -> str:
     return "Authorization: Basic " + base64.b64encode(raw).decode()
 
 
-def start_sidecar(d, workers, upstream, binary, wrap=(), clients=0, access_log=False, defaults=False) -> Proc:
+def start_sidecar(d, workers, upstream, binary, wrap=(), clients=0, access_log=False, defaults=False,
+                  intercept=False) -> Proc:
     """The sidecar doing the benchmark's job; with `clients`, that many [[clients]] (two hashes
     each, every one allowed the job) and anonymous requests refused, so every request
-    authenticates (client_header() is the last client's)."""
+    authenticates (client_header() is the last client's). With `intercept`, transparent mode
+    is on: a local CA from `ca init` in d/intercept-ca (apps trust its ca.pem)."""
     port, admin = free_port(), free_port()
+    intercept_table = ""
+    if intercept:
+        ca = d / "intercept-ca"
+        if not (ca / "ca.pem").exists():
+            subprocess.run([binary, "ca", "init", "--dir", str(ca)], check=True, capture_output=True)
+        intercept_table = f'[intercept]\nca_cert = "{ca}/ca.pem"\nca_key = {{ file = "{ca}/ca.key" }}\n'
+    name = f"sidecar-{port}"
     (d / "key_sid").write_text(KEY_SID)
     (d / "secret").write_text(SECRET)
     rules = '["GET,POST /2010-04-01/Accounts/{AccountSid}/Messages.json", "GET,POST /2010-04-01/Accounts/{AccountSid}/Messages/*"]'
@@ -273,7 +295,7 @@ id = "app-{i:02}"
 secret_sha256 = ["{hashlib.sha256(f'{CLIENT_SECRET}-{i}-old'.encode()).hexdigest()}", "{hashlib.sha256(f'{CLIENT_SECRET}-{i}'.encode()).hexdigest()}"]
 allow = {rules}
 """ for i in range(clients))
-    conf = d / "sidecar.toml"
+    conf = d / f"{name}.toml"
     conf.write_text(f"""
 [listen]
 address = "127.0.0.1:{port}"
@@ -294,11 +316,11 @@ sid = "{SID}"
 credential = {{ type = "api_key", key_sid = {{ file = "{d}/key_sid" }}, secret = {{ file = "{d}/secret" }} }}
 [policy]
 allow = {rules}
-{tables}""")
+{intercept_table}{tables}""")
     # Its access log is on by default (info); the benchmark turns it off unless asked.
     level = "info" if access_log else "warn"
     p = subprocess.Popen([*wrap, binary, "--log-level", level, "run", "--config", str(conf)],
-                         stdout=subprocess.DEVNULL, stderr=open(d / "sidecar.log", "w"))
+                         stdout=subprocess.DEVNULL, stderr=open(d / f"{name}.log", "w"))
     wait_port(port, 120 if wrap else 20)
     return Proc("twilio-sidecar", p, port)
 
@@ -326,23 +348,67 @@ def run_wrk(url, conns, seconds, d, headers=()) -> dict:
             "socket_errors": errors.group(1) if errors else "", "p50_us": p50, "p99_us": p99, "p999_us": p999}
 
 
-def measure(targets, upstream, concurrencies, args, d):
-    urls = {name: (f"http://127.0.0.1:{p.port}{PATH}" if p else f"https://127.0.0.1:{upstream.port}{PATH}")
-            for name, p in targets.items()}
-    time.sleep(0.5)
-    idle_rss = {name: p.memory_kib("VmRSS") for name, p in targets.items() if p}
+def run_load_client(client, mode, port, conns, seconds, ca, path=PATH, headers=(), proxy_auth=None) -> dict:
+    """benches/load_client.rs: what wrk cannot drive (CONNECT then TLS), and TLS to the proxies
+    that terminate it, so a table's rows share one load generator."""
+    cmd = [client, "--address", f"127.0.0.1:{port}", "--mode", mode, "--path", path,
+           "--connections", str(conns), "--seconds", str(seconds), "--threads", str(min(conns, 2))]
+    if ca:
+        cmd += ["--ca", str(ca)]
+    for h in headers:
+        cmd += ["--header", h]
+    if proxy_auth:
+        cmd += ["--proxy-authorization", proxy_auth]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    r = json.loads(out)
+    return {"rps": r["rps"], "requests": r["requests"], "non2xx": r["non2xx"],
+            "socket_errors": f"{r['errors']} failed" if r["errors"] else "",
+            "p50_us": r["p50_us"], "p99_us": r["p99_us"], "p999_us": r["p999_us"]}
 
-    # Sanity: every proxy answers 200 with the body and refuses a path outside the allow-list.
-    for name, p in targets.items():
-        if p is None:
-            continue
-        with urllib.request.urlopen(urls[name]) as r:
-            assert r.status == 200 and json.loads(r.read())["messages"], name
+
+class Target:
+    """A row of the table: the proxy (None for direct), how to load it and how to check it."""
+
+    def __init__(self, proc, drive, check):
+        self.proc, self.drive, self.check = proc, drive, check
+
+
+def wrk_target(proc, url, d, headers=()) -> Target:
+    def check():
+        # Every proxy answers 200 with the body and refuses a path outside the allow-list.
+        if proc is None:
+            return
+        req = urllib.request.Request(url, headers=dict(h.split(": ", 1) for h in headers))
+        with urllib.request.urlopen(req) as r:
+            assert r.status == 200 and json.loads(r.read())["messages"], url
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{p.port}/2010-04-01/Accounts/{SID}/Calls.json")
-            raise SystemExit(f"{name} forwarded a path outside its allow-list")
+            urllib.request.urlopen(urllib.request.Request(url.replace("Messages", "Calls"), headers=req.headers))
+            raise SystemExit(f"{url}: a path outside the allow-list was forwarded")
         except urllib.error.HTTPError as e:
-            assert e.code == 403, (name, e.code)
+            assert e.code == 403, (url, e.code)
+    return Target(proc, lambda c, seconds: run_wrk(url, c, seconds, d, headers), check)
+
+
+def client_target(proc, client, mode, port, ca, proxy_auth=None) -> Target:
+    def drive(c, seconds, path=PATH):
+        return run_load_client(client, mode, port, c, seconds, ca, path=path, proxy_auth=proxy_auth)
+
+    def check():
+        ok = drive(1, 1)
+        assert ok["requests"] and not ok["non2xx"] and not ok["socket_errors"], (mode, port, ok)
+        if proc is None:
+            return  # direct: the upstream answers any path
+        refused = drive(1, 1, path=PATH.replace("Messages", "Calls"))
+        if refused["non2xx"] != refused["requests"] or not refused["requests"]:
+            raise SystemExit(f"{mode} to {port}: a path outside the allow-list was forwarded: {refused}")
+    return Target(proc, drive, check)
+
+
+def measure(targets, concurrencies, args):
+    time.sleep(0.5)
+    idle_rss = {name: t.proc.memory_kib("VmRSS") for name, t in targets.items() if t.proc}
+    for t in targets.values():
+        t.check()
 
     names = list(targets)
     # Warm-up, not measured: pools filled and TLS handshakes done at every concurrency, so the
@@ -350,17 +416,17 @@ def measure(targets, upstream, concurrencies, args, d):
     if not args.smoke:
         for c in concurrencies:
             for name in names:
-                run_wrk(urls[name], c, 2, d)
+                targets[name].drive(c, 2)
 
     samples = {}
     for rnd in range(args.rounds):
         for c in concurrencies:
             order = names[rnd % len(names):] + names[:rnd % len(names)]
             for name in order:
-                p = targets[name]
+                p = targets[name].proc
                 user0, sys0 = p.cpu_split() if p else (0.0, 0.0)
                 busy0, t0 = machine_busy_seconds(), time.monotonic()
-                r = run_wrk(urls[name], c, args.seconds, d)
+                r = targets[name].drive(c, args.seconds)
                 busy1, t1 = machine_busy_seconds(), time.monotonic()
                 user1, sys1 = p.cpu_split() if p else (0.0, 0.0)
                 n = r["requests"] or 1
@@ -374,9 +440,9 @@ def measure(targets, upstream, concurrencies, args, d):
                 if r["non2xx"] or r["socket_errors"]:
                     raise SystemExit(f"{name} at c={c}: {r['non2xx']} non-2xx responses, socket errors: {r['socket_errors']}")
                 samples.setdefault((name, c), []).append(r)
-                print(f"round {rnd + 1} c={c:<4} {name:<15} {r['rps']:>10.0f} req/s  p50 {r['p50_us']:>6} us  "
+                print(f"round {rnd + 1} c={c:<4} {name:<24} {r['rps']:>10.0f} req/s  p50 {r['p50_us']:>6} us  "
                       f"p99 {r['p99_us']:>6} us  p99.9 {r['p999_us']:>6} us", flush=True)
-    peak_rss = {name: p.memory_kib("VmHWM") for name, p in targets.items() if p}
+    peak_rss = {name: t.proc.memory_kib("VmHWM") for name, t in targets.items() if t.proc}
     return samples, idle_rss, peak_rss, names
 
 
@@ -394,6 +460,12 @@ def main():
                     help="every proxy writes an access-log line per request (nginx combined, HAProxy "
                          "httplog, the sidecar's own), and the sidecar runs with its default limits")
     ap.add_argument("--results-name", help="the results file (default results.json, results-h2.json)")
+    ap.add_argument("--tls-in", action="store_true",
+                    help="the app's side is TLS too: nginx and HAProxy terminate it, the sidecar in "
+                         "transparent mode (CONNECT, its local CA), with and without [[clients]]; "
+                         "every row driven by benches/load_client.rs; one worker, access logs on")
+    ap.add_argument("--load-client", default=str(ROOT / "target/release/examples/load_client"),
+                    help="benches/load_client.rs, built (cargo build --release --example load_client)")
     ap.add_argument("--upstream-http2", action="store_true",
                     help="the upstream offers h2 as well as http/1.1 (HAProxy and the sidecar take it, "
                          "nginx cannot); results go to results-h2.json")
@@ -401,6 +473,11 @@ def main():
     if args.smoke:
         args.rounds, args.seconds, args.concurrency = 1, 2, "1,16"
     concurrencies = [int(c) for c in args.concurrency.split(",")]
+    if args.tls_in:
+        args.workers, args.access_logs = 1, True
+    # The one-worker, logged run is the deployment a sidecar usually is: it gains rows with
+    # [[clients]] authenticating every request (and, with --tls-in, transparent mode).
+    with_clients = args.access_logs
 
     d = pathlib.Path(tempfile.mkdtemp(prefix="ts-load-"))
     make_certs(d)
@@ -413,15 +490,36 @@ def main():
 
     try:
         upstream = start(start_upstream(d, args.workers, args.upstream_http2))
-        targets = {
-            "direct": None,
-            "nginx": start(start_nginx(d, args.workers, upstream.port, auth, access_log=args.access_logs)),
-            "haproxy": start(start_haproxy(d, args.workers, upstream.port, auth, http2=args.upstream_http2,
-                                           access_log=args.access_logs)),
-            "twilio-sidecar": start(start_sidecar(d, args.workers, upstream.port, args.binary,
-                                                  access_log=args.access_logs, defaults=args.access_logs)),
-        }
-        samples, idle_rss, peak_rss, names = measure(targets, upstream, concurrencies, args, d)
+        tls_in = args.tls_in
+        nginx = start(start_nginx(d, args.workers, upstream.port, auth, access_log=args.access_logs, tls_in=tls_in))
+        haproxy = start(start_haproxy(d, args.workers, upstream.port, auth, http2=args.upstream_http2,
+                                      access_log=args.access_logs, tls_in=tls_in))
+        sidecar = start(start_sidecar(d, args.workers, upstream.port, args.binary, access_log=args.access_logs,
+                                      defaults=args.access_logs, intercept=tls_in))
+        clients = start(start_sidecar(d, args.workers, upstream.port, args.binary, clients=20,
+                                      access_log=True, defaults=True, intercept=tls_in)) if with_clients else None
+        if tls_in:
+            client, ca, sidecar_ca = args.load_client, d / "ca.pem", d / "intercept-ca" / "ca.pem"
+            proxy_auth = client_header(20).split(": ", 1)[1]
+            targets = {
+                "direct": client_target(None, client, "tls", upstream.port, ca),
+                "nginx": client_target(nginx, client, "tls", nginx.port, ca),
+                "haproxy": client_target(haproxy, client, "tls", haproxy.port, ca),
+                "twilio-sidecar": client_target(sidecar, client, "connect", sidecar.port, sidecar_ca),
+                "twilio-sidecar+clients": client_target(clients, client, "connect", clients.port, sidecar_ca,
+                                                        proxy_auth=proxy_auth),
+            }
+        else:
+            url = lambda p: f"http://127.0.0.1:{p.port}{PATH}"
+            targets = {
+                "direct": wrk_target(None, f"https://127.0.0.1:{upstream.port}{PATH}", d),
+                "nginx": wrk_target(nginx, url(nginx), d),
+                "haproxy": wrk_target(haproxy, url(haproxy), d),
+                "twilio-sidecar": wrk_target(sidecar, url(sidecar), d),
+            }
+            if clients:
+                targets["twilio-sidecar+clients"] = wrk_target(clients, url(clients), d, (client_header(20),))
+        samples, idle_rss, peak_rss, names = measure(targets, concurrencies, args)
     finally:
         for p in started:
             p.stop()
@@ -439,6 +537,7 @@ def main():
                      "wrk": version(["wrk", "--version"]), "twilio-sidecar": version([args.binary, "--version"])},
         "settings": {"rounds": args.rounds, "seconds": args.seconds, "workers": args.workers,
                      "concurrency": concurrencies, "binary": args.binary, "access_logs": args.access_logs,
+                     "load": "benches/load_client.rs" if args.tls_in else "wrk", "tls_in": args.tls_in,
                      "upstream_alpn": "h2,http/1.1" if args.upstream_http2 else "http/1.1"},
         "idle_rss_kib": idle_rss,
         "peak_rss_kib": peak_rss,
@@ -460,7 +559,8 @@ def main():
             })
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = args.results_name or ("results-h2.json" if args.upstream_http2 else "results.json")
+    name = args.results_name or ("results-h2.json" if args.upstream_http2 else
+                                 "results-tls.json" if args.tls_in else "results.json")
     (out / name).write_text(json.dumps(results, indent=1) + "\n")
     shutil.rmtree(d, ignore_errors=True)
     print(json.dumps(results["rows"]))

@@ -111,6 +111,27 @@ are the like-for-like comparison.
 """
 
 
+def proxy_table(results):
+    """Every row of a one-worker run: req/s, p99 and the proxy's CPU per request, each against
+    nginx and HAProxy measured in the same run."""
+    by = {(r["target"], r["concurrency"]): r for r in results["rows"]}
+    names = list(dict.fromkeys(r["target"] for r in results["rows"]))
+
+    def cpu(r):
+        return None if r["proxy_user_us"] is None else r["proxy_user_us"] + (r["proxy_sys_us"] or 0)
+
+    lines = ["| c | target | req/s | vs nginx | vs HAProxy | p99 µs | p99 vs nginx | CPU µs/req | CPU vs nginx |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for c in results["settings"]["concurrency"]:
+        ng, hp = by[("nginx", c)], by[("haproxy", c)]
+        for name in names:
+            r = by[(name, c)]
+            lines.append(f"| {c} | {name} | {fmt(r['rps'])} | {ratio(r['rps'], ng['rps'])} | {ratio(r['rps'], hp['rps'])} | "
+                         f"{fmt(r['p99_us'])} | {ratio(r['p99_us'], ng['p99_us'])} | {fmt(cpu(r), 1)} | "
+                         f"{ratio(cpu(r), cpu(ng))} |")
+    return "\n".join(lines)
+
+
 def one_worker_section(path):
     """One worker each, access logs on, the sidecar with its defaults (`load.py --workers 1
     --access-logs --results-name results-1w.json`): the deployment a sidecar usually is."""
@@ -118,19 +139,6 @@ def one_worker_section(path):
         return ""
     results = json.loads(path.read_text())
     s = results["settings"]
-    by = {(r["target"], r["concurrency"]): r for r in results["rows"]}
-    lines = ["| c | nginx req/s | HAProxy req/s | sidecar req/s | sidecar / nginx | sidecar / HAProxy | "
-             "p99 µs nginx / sidecar | CPU µs/req nginx / HAProxy / sidecar |",
-             "|---|---|---|---|---|---|---|---|"]
-
-    def cpu(r):
-        return (r["proxy_user_us"] or 0) + (r["proxy_sys_us"] or 0)
-
-    for c in s["concurrency"]:
-        ng, hp, sc = by[("nginx", c)], by[("haproxy", c)], by[("twilio-sidecar", c)]
-        lines.append(f"| {c} | {fmt(ng['rps'])} | {fmt(hp['rps'])} | {fmt(sc['rps'])} | {ratio(sc['rps'], ng['rps'])} | "
-                     f"{ratio(sc['rps'], hp['rps'])} | {fmt(ng['p99_us'])} / {fmt(sc['p99_us'])} | "
-                     f"{fmt(cpu(ng), 1)} / {fmt(cpu(hp), 1)} / {fmt(cpu(sc), 1)} |")
     return f"""
 ## One worker each, access logs on
 
@@ -140,8 +148,38 @@ defaults; every proxy writes an access-log line per request (nginx's combined fo
 HAProxy's `httplog` to stdout, the sidecar's text access line to stderr, each into a file), as the sidecar does
 by default. CPU is each proxy's own user + system time, all its threads, per request. Goals: req/s
 ≥ nginx and ≥ HAProxy, CPU per request ≤ nginx's, p99 ≤ nginx's, at every concurrency.
+`twilio-sidecar+clients` is a second sidecar, the same but with 20 `[[clients]]` (two secret
+hashes each) and anonymous requests refused: every request carries a client's Basic
+credentials, checked in constant time, and is decided by that client's policy.
 
-{chr(10).join(lines)}
+{proxy_table(results)}
+"""
+
+
+def tls_in_section(path):
+    """TLS from the app as well (`load.py --tls-in`): nginx and HAProxy terminate it, the
+    sidecar is in transparent mode, every row driven by benches/load_client.rs."""
+    if not path.exists():
+        return ""
+    results = json.loads(path.read_text())
+    s = results["settings"]
+    return f"""
+## TLS from the app: transparent mode
+
+A fourth run (`benches/{path.name}`, {s['rounds']} rounds of {s['seconds']} s, one worker each,
+access logs on) in which the app's side is HTTPS too, as for an app whose SDK talks to
+`https://api.twilio.com` unchanged. twilio-sidecar runs in transparent mode (`[intercept]`, its
+local CA from `ca init`): each connection opens with `CONNECT api.twilio.com:443`, then TLS
+with a leaf the sidecar issued, then requests — what an app with `HTTPS_PROXY` set does.
+`twilio-sidecar+clients` adds 20 `[[clients]]`, the CONNECT authenticated with a client's
+`Proxy-Authorization`. nginx and HAProxy cannot intercept CONNECT; the like-for-like job for
+them is terminating the app's TLS themselves (a listener with the api.twilio.com certificate)
+before the same allow-list, header rewrite and verified TLS upstream. "direct" is TLS straight
+to the upstream. wrk cannot send a CONNECT, so every row here is driven by
+`benches/load_client.rs` (keep-alive HTTP/1.1, one request at a time per connection, as wrk;
+connections and handshakes set up before the clock starts).
+
+{proxy_table(results)}
 """
 
 
@@ -267,6 +305,7 @@ def main():
     ap.add_argument("--ab", default=str(ROOT / "benches" / "ab.json"))
     ap.add_argument("--http2", default=str(ROOT / "benches" / "results-h2.json"))
     ap.add_argument("--one-worker", default=str(ROOT / "benches" / "results-1w.json"))
+    ap.add_argument("--tls-in", default=str(ROOT / "benches" / "results-tls.json"))
     ap.add_argument("--out", default=str(ROOT / "benches"))
     args = ap.parse_args()
     results = json.loads(pathlib.Path(args.results).read_text())
@@ -340,7 +379,7 @@ peak RSS over the run — {', '.join(f'{k} {val:,}' for k, val in peak.items())}
 {chr(10).join(goals)}
 
 Idle RSS of twilio-sidecar: {idle.get('twilio-sidecar', 0) / 1024:.1f} MiB (goal ≤ 10 MiB).
-{http2_section(pathlib.Path(args.http2))}{one_worker_section(pathlib.Path(args.one_worker))}{cpu_table(results)}{instructions_table(pathlib.Path(args.instructions))}{ab_table(pathlib.Path(args.ab))}{before}
+{http2_section(pathlib.Path(args.http2))}{one_worker_section(pathlib.Path(args.one_worker))}{tls_in_section(pathlib.Path(args.tls_in))}{cpu_table(results)}{instructions_table(pathlib.Path(args.instructions))}{ab_table(pathlib.Path(args.ab))}{before}
 ## Where the time goes
 
 On this machine the three processes (wrk, proxy, upstream) share the cores, so a proxy's
