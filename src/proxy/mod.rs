@@ -39,6 +39,7 @@ mod retry;
 pub mod server;
 mod tunnel;
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -171,22 +172,39 @@ impl Proxy {
     /// One request from an app connection: shed at once when `limits.max_concurrent_requests`
     /// are in flight (a permit is one atomic operation, and the request future stays inline in
     /// its connection's task), a tunnel for a CONNECT, else the pipeline.
-    pub async fn serve_request(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
-        match self.permits.try_acquire() {
-            Ok(_permit) if req.method() == Method::CONNECT => self.connect(req),
-            Ok(_permit) => self.handle_in(req, None, true).await,
-            Err(_) => self.shed(&req),
-        }
+    ///
+    /// The functions that take the request on its way down return an `async move` block
+    /// rather than being `async fn`s: an `async fn` keeps each argument twice in its future
+    /// (as passed, and moved into its body), and hyper moves the whole future per request.
+    pub fn serve_request(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Response<Body>> + Send + '_ {
+        self.serve_in(req, true)
     }
 
     /// [`Proxy::serve_request`] for the unix socket listener: no web page can reach it, and
     /// its clients' `Host` is often the socket's path, so `Host` is not checked
     /// ([`crate::gate::Gate::refuse_browsers`]).
-    pub async fn serve_unix_request(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
-        match self.permits.try_acquire() {
-            Ok(_permit) if req.method() == Method::CONNECT => self.connect(req),
-            Ok(_permit) => self.handle_in(req, None, false).await,
-            Err(_) => self.shed(&req),
+    pub fn serve_unix_request(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Response<Body>> + Send + '_ {
+        self.serve_in(req, false)
+    }
+
+    #[allow(clippy::manual_async_fn)]
+    fn serve_in(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        check_host: bool,
+    ) -> impl Future<Output = Response<Body>> + Send + '_ {
+        async move {
+            match self.permits.try_acquire() {
+                Ok(_permit) if req.method() == Method::CONNECT => self.connect(req),
+                Ok(_permit) => self.handle_in(req, None, check_host).await,
+                Err(_) => self.shed(&req),
+            }
         }
     }
 
@@ -212,46 +230,49 @@ impl Proxy {
 
     /// [`Proxy::handle`] for a request that came in plain, or through `tunnel`; `check_host`
     /// for a TCP listener's requests (see [`crate::gate::Gate::refuse_browsers`]).
-    async fn handle_in(
-        &self,
+    #[allow(clippy::manual_async_fn)]
+    fn handle_in<'a>(
+        &'a self,
         req: Request<Incoming>,
-        tunnel: Option<&tunnel::Tunnel>,
+        tunnel: Option<&'a tunnel::Tunnel>,
         check_host: bool,
-    ) -> Response<Body> {
-        let started = Instant::now();
-        self.metrics.proxy.in_flight.inc();
-        let _in_flight = InFlight(&self.metrics);
-        // One snapshot for the whole request: a reload mid-request cannot mix generations.
-        let state = self.state.load();
-        let request_id = self.request_id(req.headers().get(&X_REQUEST_ID));
-        let method = req.method().clone();
-        let uri = req.uri().clone();
-        let has_body = body_pending(&req);
+    ) -> impl Future<Output = Response<Body>> + Send + 'a {
+        async move {
+            let started = Instant::now();
+            self.metrics.proxy.in_flight.inc();
+            let _in_flight = InFlight(&self.metrics);
+            // One snapshot for the whole request: a reload mid-request cannot mix generations.
+            let state = self.state.load();
+            let request_id = self.request_id(req.headers().get(&X_REQUEST_ID));
+            let method = req.method().clone();
+            let uri = req.uri().clone();
+            let has_body = body_pending(&req);
 
-        // The whole-request limit is applied here rather than by an outer layer so that a
-        // request that runs out of time still gets its metrics and access-log line.
-        let limit = state.config.limits.request_timeout;
-        let mut record = Record {
-            deadline: Some(tokio::time::Instant::from_std(started + limit)),
-            check_host,
-            ..Record::default()
-        };
-        let outcome =
-            tokio::time::timeout(limit, self.pipeline(&state, req, &mut record, tunnel)).await;
-        let error = match outcome {
-            Ok(Ok(response)) => {
-                return self.finish(response, &record, &method, &uri, request_id, started)
+            // The whole-request limit is applied here rather than by an outer layer so that a
+            // request that runs out of time still gets its metrics and access-log line.
+            let limit = state.config.limits.request_timeout;
+            let mut record = Record {
+                deadline: Some(tokio::time::Instant::from_std(started + limit)),
+                check_host,
+                ..Record::default()
+            };
+            let outcome =
+                tokio::time::timeout(limit, self.pipeline(&state, req, &mut record, tunnel)).await;
+            let error = match outcome {
+                Ok(Ok(response)) => {
+                    return self.finish(response, &record, &method, &uri, request_id, started)
+                }
+                Ok(Err(error)) => error,
+                Err(_) => ProxyError::RequestTimeout(limit),
+            };
+            let mut response = error
+                .to_response(self.error_docs(&state))
+                .map(Either::Right);
+            if has_body && !record.body_done {
+                request_body::announce_close(&mut response);
             }
-            Ok(Err(error)) => error,
-            Err(_) => ProxyError::RequestTimeout(limit),
-        };
-        let mut response = error
-            .to_response(self.error_docs(&state))
-            .map(Either::Right);
-        if has_body && !record.body_done {
-            request_body::announce_close(&mut response);
+            self.finish(response, &record, &method, &uri, request_id, started)
         }
-        self.finish(response, &record, &method, &uri, request_id, started)
     }
 
     /// The answer for a request shed because `limits.max_concurrent_requests` are in flight:

@@ -2,6 +2,7 @@
 //! state snapshot. Each says what it may change and when it short-circuits; a phase that
 //! refuses returns a [`ProxyError`] and nothing after it runs.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -458,24 +459,28 @@ impl Proxy {
     }
 
     /// One upstream exchange, timed and counted; failures become 502/504.
-    pub(super) async fn exchange(
-        &self,
-        state: &State,
-        host: &str,
+    /// (Not an `async fn`, which would keep `req` twice in every request's future.)
+    #[allow(clippy::manual_async_fn)]
+    pub(super) fn exchange<'a>(
+        &'a self,
+        state: &'a State,
+        host: &'a str,
         req: Request<RequestBody>,
-    ) -> Result<Response<UpstreamBody>, ProxyError> {
-        let sent = std::time::Instant::now();
-        let result = state.upstream.send(req).await;
-        let upstream = &self.metrics.upstream;
-        upstream.exchange(host, sent.elapsed().as_secs_f64());
-        result.map_err(|kind| {
-            upstream.error(host, kind.as_str());
-            let host = host.to_string();
-            match kind {
-                UpstreamFailure::Timeout => ProxyError::UpstreamTimeout { host },
-                kind => ProxyError::UpstreamUnreachable { host, kind },
-            }
-        })
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + Send + 'a {
+        async move {
+            let sent = std::time::Instant::now();
+            let result = state.upstream.send(req).await;
+            let upstream = &self.metrics.upstream;
+            upstream.exchange(host, sent.elapsed().as_secs_f64());
+            result.map_err(|kind| {
+                upstream.error(host, kind.as_str());
+                let host = host.to_string();
+                match kind {
+                    UpstreamFailure::Timeout => ProxyError::UpstreamTimeout { host },
+                    kind => ProxyError::UpstreamUnreachable { host, kind },
+                }
+            })
+        }
     }
 
     /// Phase 8 — **response**: hop-by-hop headers dropped, everything else (Twilio's own

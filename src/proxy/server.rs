@@ -218,9 +218,12 @@ pub async fn serve<L, H, F>(
             let activity = activity.clone();
             service_fn(move |req| {
                 let in_flight = activity.begin();
-                let fut = handler(req);
+                let handler = handler.clone();
+                // The handler's future is made inside this one, not before it: a future
+                // captured and then awaited takes room twice in this one (the capture, and
+                // the awaited copy), and hyper moves this future whole per request.
                 async move {
-                    let response = fut.await;
+                    let response = handler(req).await;
                     drop(in_flight);
                     Ok::<_, Infallible>(response)
                 }

@@ -13,6 +13,7 @@ pub mod http1;
 pub mod pool;
 pub mod tls;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -138,14 +139,18 @@ impl Upstream {
     }
 
     /// Sends `req` (whose URI is `https://{twilio host}{path}`) and waits for the response head.
-    pub async fn send(
+    /// (Not an `async fn`, which would keep `req` twice in every request's future.)
+    #[allow(clippy::manual_async_fn)]
+    pub fn send(
         &self,
         req: Request<RequestBody>,
-    ) -> Result<Response<UpstreamBody>, UpstreamFailure> {
-        let pool = &self.pools[serving_thread() % self.pools.len()];
-        match tokio::time::timeout(self.request_timeout, pool.send(req)).await {
-            Ok(result) => result,
-            Err(_) => Err(UpstreamFailure::Timeout),
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, UpstreamFailure>> + Send + '_ {
+        async move {
+            let pool = &self.pools[serving_thread() % self.pools.len()];
+            match tokio::time::timeout(self.request_timeout, pool.send(req)).await {
+                Ok(result) => result,
+                Err(_) => Err(UpstreamFailure::Timeout),
+            }
         }
     }
 

@@ -16,7 +16,7 @@ mod head;
 #[cfg(test)]
 mod tests;
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
@@ -114,91 +114,102 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Http1Connection<IO> {
     /// head. The body is then read through [`Http1Body`], which owns the connection. `reused`:
     /// the connection carried an earlier request, so a failure while writing may be a close
     /// that raced this request, and the request is handed back to go out again.
-    pub(crate) async fn send(
+    ///
+    /// (Not an `async fn`, which would keep `req` twice in every request's future.)
+    #[allow(clippy::manual_async_fn)]
+    pub(crate) fn send<'a>(
         mut self: Box<Self>,
-        req: Request<RequestBody>,
-        host: &HeaderValue,
+        mut req: Request<RequestBody>,
+        host: &'a HeaderValue,
         reused: bool,
-    ) -> Result<Response<Http1Body<IO>>, SendError> {
-        let framing = match req.body().size_hint().exact() {
-            Some(n) => RequestFraming::Length(n),
-            None => RequestFraming::Chunked,
-        };
-        let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        self.write.clear();
-        encode_request(
-            &mut self.write,
-            req.method(),
-            target,
-            host,
-            req.headers(),
-            framing,
-        );
-        let method = req.method().clone();
-        let unsent = |req, e: io::Error| {
-            if reused {
-                SendError::Unsent(req, e.into())
-            } else {
-                SendError::Failed(e.into())
-            }
-        };
-        // Kept while it can still go out again: a buffered body can be sent twice.
-        let again = match req.body() {
-            Either::Right(full) => {
-                let body = full_bytes(full);
-                if let Err(e) = self.write_all_with(&body).await {
-                    return Err(unsent(req, e));
+    ) -> impl Future<Output = Result<Response<Http1Body<IO>>, SendError>> + 'a
+    where
+        IO: 'a,
+    {
+        async move {
+            let framing = match req.body().size_hint().exact() {
+                Some(n) => RequestFraming::Length(n),
+                None => RequestFraming::Chunked,
+            };
+            let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+            self.write.clear();
+            encode_request(
+                &mut self.write,
+                req.method(),
+                target,
+                host,
+                req.headers(),
+                framing,
+            );
+            let method = req.method().clone();
+            let unsent = |req, e: io::Error| {
+                if reused {
+                    SendError::Unsent(req, e.into())
+                } else {
+                    SendError::Failed(e.into())
                 }
-                Some(req)
-            }
-            // No body at all (a GET): nothing to stream, and the request can go out again.
-            Either::Left(empty) if empty.is_end_stream() => {
-                if let Err(e) = self.write_all_with(&[]).await {
-                    return Err(unsent(req, e));
+            };
+            // Whether `req` can still go out again: a buffered body can be sent twice.
+            let resendable = match req.body() {
+                Either::Right(full) => {
+                    let body = full_bytes(full);
+                    if let Err(e) = self.write_all_with(&body).await {
+                        return Err(unsent(req, e));
+                    }
+                    true
                 }
-                Some(req)
-            }
-            Either::Left(_) => {
-                if let Err(e) = self.write_all_with(&[]).await {
-                    return Err(unsent(req, e));
+                // No body at all (a GET): nothing to stream, and the request can go out again.
+                Either::Left(empty) if empty.is_end_stream() => {
+                    if let Err(e) = self.write_all_with(&[]).await {
+                        return Err(unsent(req, e));
+                    }
+                    true
                 }
-                self.stream_body(req.into_body(), framing)
-                    .await
-                    .map_err(SendError::Failed)?;
-                None
-            }
-        };
-        let head = match self.read_head(&method).await {
-            Ok(head) => head,
-            // Twilio closed a kept-alive connection just as this request reached it (its idle
-            // timer and the request crossed): nothing came back, so an idempotent request goes
-            // out again, as RFC 9112 §9.3.1 lets a client do. Anything else — a POST above all,
-            // which may have sent a message — fails rather than risk being acted on twice.
-            Err(e)
-                if reused
-                    && method.is_idempotent()
-                    && self.read.is_empty()
-                    && closed_by_peer(&e) =>
-            {
-                return Err(match again {
-                    Some(req) => SendError::Unsent(req, e),
-                    None => SendError::Failed(e),
-                })
-            }
-            Err(e) => return Err(SendError::Failed(e)),
-        };
-        let mut response = Response::new(Http1Body {
-            framing: match head.framing {
-                Framing::Length(0) => Framing::Empty,
-                framing => framing,
-            },
-            keep_alive: head.keep_alive,
-            conn: Some(self),
-        });
-        *response.status_mut() = head.status;
-        *response.version_mut() = head.version;
-        *response.headers_mut() = head.headers;
-        Ok(response)
+                Either::Left(_) => {
+                    if let Err(e) = self.write_all_with(&[]).await {
+                        return Err(unsent(req, e));
+                    }
+                    let body = std::mem::replace(req.body_mut(), Either::Right(Full::default()));
+                    self.stream_body(body, framing)
+                        .await
+                        .map_err(SendError::Failed)?;
+                    false
+                }
+            };
+            let head = match self.read_head(&method).await {
+                Ok(head) => head,
+                // Twilio closed a kept-alive connection just as this request reached it (its
+                // idle timer and the request crossed): nothing came back, so an idempotent
+                // request goes out again, as RFC 9112 §9.3.1 lets a client do. Anything else
+                // — a POST above all, which may have sent a message — fails rather than risk
+                // being acted on twice.
+                Err(e)
+                    if reused
+                        && method.is_idempotent()
+                        && self.read.is_empty()
+                        && closed_by_peer(&e) =>
+                {
+                    return Err(if resendable {
+                        SendError::Unsent(req, e)
+                    } else {
+                        SendError::Failed(e)
+                    });
+                }
+                Err(e) => return Err(SendError::Failed(e)),
+            };
+            let mut response = Response::new(Http1Body {
+                framing: match head.framing {
+                    Framing::Length(0) => Framing::Empty,
+                    framing => framing,
+                },
+                keep_alive: head.keep_alive,
+                conn: Some(self),
+            });
+            *response.status_mut() = head.status;
+            *response.version_mut() = head.version;
+            *response.headers_mut() = head.headers;
+            Ok(response)
+        }
     }
 
     /// Writes the head in the write buffer, with `body` after it in the same write when small.

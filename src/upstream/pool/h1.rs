@@ -2,6 +2,7 @@
 //! has been read to its end (by [`UpstreamBody`]), most recently used first, so the busiest
 //! few stay warm.
 
+use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -36,24 +37,28 @@ impl ReturnAddress {
 impl ConnectionPool {
     /// One HTTP/1.1 exchange on `conn`, in this task; the response's body returns the
     /// connection to the pool when it ends.
-    pub(super) async fn exchange_h1(
-        self: &Arc<Self>,
-        authority: &Authority,
+    /// (Not an `async fn`, which would keep `req` twice in every request's future.)
+    #[allow(clippy::manual_async_fn)]
+    pub(super) fn exchange_h1<'a>(
+        self: &'a Arc<Self>,
+        authority: &'a Authority,
         conn: Box<Http1Connection>,
         host_header: HeaderValue,
         req: Request<RequestBody>,
         reused: bool,
-    ) -> Result<Response<UpstreamBody>, Unsent> {
-        match conn.send(req, &host_header, reused).await {
-            Ok(response) => {
-                let home = ReturnAddress {
-                    pool: Arc::downgrade(self),
-                    authority: authority.clone(),
-                };
-                Ok(response.map(|body| UpstreamBody::http1(body, home)))
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, Unsent>> + Send + 'a {
+        async move {
+            match conn.send(req, &host_header, reused).await {
+                Ok(response) => {
+                    let home = ReturnAddress {
+                        pool: Arc::downgrade(self),
+                        authority: authority.clone(),
+                    };
+                    Ok(response.map(|body| UpstreamBody::http1(body, home)))
+                }
+                Err(SendError::Unsent(req, e)) => Err(Unsent::Again(req, ExchangeError::Http1(e))),
+                Err(SendError::Failed(e)) => Err(Unsent::Failed(ExchangeError::Http1(e))),
             }
-            Err(SendError::Unsent(req, e)) => Err(Unsent::Again(req, ExchangeError::Http1(e))),
-            Err(SendError::Failed(e)) => Err(Unsent::Failed(ExchangeError::Http1(e))),
         }
     }
 
