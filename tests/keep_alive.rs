@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use http_body_util::{Either, Empty};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use twilio_sidecar::dev::stand_in::{echo, Reply};
@@ -157,4 +158,52 @@ async fn a_shed_request_with_a_body_says_the_connection_closes() {
     assert_eq!(busy.await.unwrap(), 200);
     h.stand_in.set_responder(echo);
     next_request_is_served(&mut without).await;
+}
+
+/// A request body that never arrives.
+struct NeverEnds;
+
+impl hyper::body::Body for NeverEnds {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Pending
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http2_a_refusal_never_waits_for_the_body() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let h = Harness::start().await;
+    let stream = TcpStream::connect(h.proxy).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let denied = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{}{}", h.proxy, keys()))
+        .body(Either::Left(NeverEnds))
+        .unwrap();
+    let started = Instant::now();
+    let resp = sender.send_request(denied).await.unwrap();
+    assert_eq!(resp.status(), 403);
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "an HTTP/2 refusal waited for a body it does not need"
+    );
+    assert_eq!(resp.headers().get("connection"), None);
+    // The stream is done with; the connection carries the next request.
+    let next = http::Request::builder()
+        .method("GET")
+        .uri(format!("http://{}{}", h.proxy, messages()))
+        .body(Either::Right(Empty::new()))
+        .unwrap();
+    assert_eq!(sender.send_request(next).await.unwrap().status(), 200);
 }

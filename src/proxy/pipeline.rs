@@ -78,7 +78,7 @@ impl Proxy {
                 return Box::pin(self.local(state, parts, body, caller, record)).await
             }
             Err(error) => {
-                record.body_done = Box::pin(discard(body, &parts.headers)).await;
+                record.body_done = Box::pin(discard(body, &parts)).await;
                 return Err(error);
             }
         };
@@ -99,7 +99,7 @@ impl Proxy {
             Ok(attached) => attached,
             Err(error) => {
                 if let AppBody::Streaming(body) = body {
-                    record.body_done = Box::pin(discard(body, &parts.headers)).await;
+                    record.body_done = Box::pin(discard(body, &parts)).await;
                 }
                 return Err(error);
             }

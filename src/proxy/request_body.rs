@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::Response;
+use http::request::Parts;
+use http::{Response, Version};
 use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use hyper::body::{Body as _, Incoming};
 
@@ -32,12 +33,13 @@ pub(super) const DISCARD_WAIT: Duration = Duration::from_secs(1);
 
 /// Reads and drops a refused request's body when it is small and arrives promptly. Returns
 /// whether it was read to its end (the connection can then carry another request).
-pub(super) async fn discard(mut body: Incoming, headers: &HeaderMap) -> bool {
-    if body.is_end_stream() {
+pub(super) async fn discard(mut body: Incoming, parts: &Parts) -> bool {
+    // HTTP/2 ends the stream alone, whatever is left of its body; nothing to wait for.
+    if body.is_end_stream() || parts.version >= Version::HTTP_2 {
         return true;
     }
     // Reading would make hyper send `100 Continue`: asking for a body only to drop it.
-    if expects_continue(headers) || body.size_hint().lower() > DISCARD_LIMIT {
+    if expects_continue(&parts.headers) || body.size_hint().lower() > DISCARD_LIMIT {
         return false;
     }
     let drain = async {
