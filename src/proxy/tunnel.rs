@@ -236,10 +236,18 @@ impl Proxy {
 
     /// A request inside a tunnel: a permit, then the pipeline with the tunnel's host and
     /// caller.
-    async fn serve_tunneled(&self, req: Request<Incoming>, tunnel: &Tunnel) -> Response<Body> {
-        match self.permits.try_acquire() {
-            Ok(_permit) => self.handle_in(req, Some(tunnel), false).await,
-            Err(_) => self.shed(&req),
+    /// (Not an `async fn`, which would keep `req` twice in every request's future.)
+    #[allow(clippy::manual_async_fn)]
+    fn serve_tunneled<'a>(
+        &'a self,
+        req: Request<Incoming>,
+        tunnel: &'a Tunnel,
+    ) -> impl std::future::Future<Output = Response<Body>> + Send + 'a {
+        async move {
+            match self.permits.try_acquire() {
+                Ok(_permit) => self.handle_in(req, Some(tunnel), false).await,
+                Err(_) => self.shed(&req),
+            }
         }
     }
 
