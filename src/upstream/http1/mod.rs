@@ -149,33 +149,21 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Http1Connection<IO> {
                     SendError::Failed(e.into())
                 }
             };
-            // Whether `req` can still go out again: a buffered body can be sent twice.
-            let resendable = match req.body() {
-                Either::Right(full) => {
-                    let body = full_bytes(full);
-                    if let Err(e) = self.write_all_with(&body).await {
-                        return Err(unsent(req, e));
-                    }
-                    true
-                }
-                // No body at all (a GET): nothing to stream, and the request can go out again.
-                Either::Left(empty) if empty.is_end_stream() => {
-                    if let Err(e) = self.write_all_with(&[]).await {
-                        return Err(unsent(req, e));
-                    }
-                    true
-                }
-                Either::Left(_) => {
-                    if let Err(e) = self.write_all_with(&[]).await {
-                        return Err(unsent(req, e));
-                    }
-                    let body = std::mem::replace(req.body_mut(), Either::Right(Full::default()));
-                    self.stream_body(body, framing)
-                        .await
-                        .map_err(SendError::Failed)?;
-                    false
-                }
+            // A buffered body goes out with the head, and so does a request without a body:
+            // either can go out again. A streamed body follows the head and cannot.
+            let (with_head, streamed) = match req.body() {
+                Either::Right(full) => (full_bytes(full), false),
+                Either::Left(body) => (Bytes::new(), !body.is_end_stream()),
             };
+            if let Err(e) = self.write_all_with(&with_head).await {
+                return Err(unsent(req, e));
+            }
+            if streamed {
+                let body = std::mem::replace(req.body_mut(), Either::Right(Full::default()));
+                self.stream_body(body, framing)
+                    .await
+                    .map_err(SendError::Failed)?;
+            }
             let head = match self.read_head(&method).await {
                 Ok(head) => head,
                 // Twilio closed a kept-alive connection just as this request reached it (its
@@ -189,10 +177,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Http1Connection<IO> {
                         && self.read.is_empty()
                         && closed_by_peer(&e) =>
                 {
-                    return Err(if resendable {
-                        SendError::Unsent(req, e)
-                    } else {
+                    return Err(if streamed {
                         SendError::Failed(e)
+                    } else {
+                        SendError::Unsent(req, e)
                     });
                 }
                 Err(e) => return Err(SendError::Failed(e)),
