@@ -89,12 +89,8 @@ impl Body for UpstreamBody {
                 let polled = body.poll_data(cx);
                 // Home as soon as the last byte is in: the next request may have the
                 // connection before the app has even been sent this one's end.
-                if let (Poll::Ready(Some(Ok(_)) | None), Some(_)) = (&polled, &home) {
-                    if let Some(conn) = body.take_reusable() {
-                        if let Some(home) = home.take() {
-                            home.give_back(conn);
-                        }
-                    }
+                if let Poll::Ready(Some(Ok(_)) | None) = polled {
+                    send_home(body, home);
                 }
                 polled.map(|d| d.map(|r| r.map(Frame::data).map_err(Into::into)))
             }
@@ -134,9 +130,17 @@ impl Drop for UpstreamBody {
     fn drop(&mut self) {
         // A body with no bytes (HEAD, 204, Content-Length: 0) may never be polled.
         if let Inner::Http1 { body, home } = &mut self.inner {
-            if let (Some(conn), Some(home)) = (body.take_reusable(), home.take()) {
-                home.give_back(conn);
-            }
+            send_home(body, home);
+        }
+    }
+}
+
+/// Returns the connection to the pool, once, if the body has been read to its end and the
+/// connection can carry another request.
+fn send_home(body: &mut Http1Body, home: &mut Option<ReturnAddress>) {
+    if let Some(conn) = body.take_reusable() {
+        if let Some(home) = home.take() {
+            home.give_back(conn);
         }
     }
 }
