@@ -82,8 +82,8 @@ struct Record<'s> {
     deadline: Option<tokio::time::Instant>,
     /// Whether `Host` must be one the sidecar answers to (TCP listener requests).
     check_host: bool,
-    /// The app's request body was read to its end (or discarded), so its connection can
-    /// carry another request after a refusal (`request_body`).
+    /// The app's request body was read to its end (or discarded), or there was none to
+    /// read, so its connection can carry another request after a refusal (`request_body`).
     body_done: bool,
 }
 
@@ -246,7 +246,6 @@ impl Proxy {
             let request_id = self.request_id(req.headers().get(&X_REQUEST_ID));
             let method = req.method().clone();
             let uri = req.uri().clone();
-            let has_body = body_pending(&req);
 
             // The whole-request limit is applied here rather than by an outer layer so that a
             // request that runs out of time still gets its metrics and access-log line.
@@ -254,6 +253,7 @@ impl Proxy {
             let mut record = Record {
                 deadline: Some(tokio::time::Instant::from_std(started + limit)),
                 check_host,
+                body_done: !body_pending(&req),
                 ..Record::default()
             };
             let outcome =
@@ -268,7 +268,7 @@ impl Proxy {
             let mut response = error
                 .to_response(self.error_docs(&state))
                 .map(Either::Right);
-            if has_body && !record.body_done {
+            if !record.body_done {
                 request_body::announce_close(&mut response);
             }
             self.finish(response, &record, &method, &uri, request_id, started)

@@ -110,7 +110,7 @@ impl Proxy {
         }
         let pkcv = account.pkcv.as_ref();
         let (body, buffered) = upstream_body(state, body, &attached, pkcv.is_some()).await?;
-        record.body_done = buffered.is_some();
+        record.body_done |= buffered.is_some();
         if let (Some(signer), Some(body)) = (pkcv, &buffered) {
             // Boxed: RSA signing is for PKCV accounts only; it must not enlarge every
             // request's future. (Their credential is an API key, so the 401 replay below,

@@ -26,10 +26,10 @@ use crate::proxy::error::ProxyError;
 use crate::upstream::body::RequestBody;
 
 /// Largest refused body read to keep its connection; nginx discards bodies the same way.
-pub(super) const DISCARD_LIMIT: u64 = 64 * 1024;
+const DISCARD_LIMIT: u64 = 64 * 1024;
 
 /// How long a refusal waits for the rest of a body it discards.
-pub(super) const DISCARD_WAIT: Duration = Duration::from_secs(1);
+const DISCARD_WAIT: Duration = Duration::from_secs(1);
 
 /// Reads and drops a refused request's body when it is small and arrives promptly. Returns
 /// whether it was read to its end (the connection can then carry another request).
