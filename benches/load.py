@@ -348,15 +348,13 @@ def run_wrk(url, conns, seconds, d, headers=()) -> dict:
             "socket_errors": errors.group(1) if errors else "", "p50_us": p50, "p99_us": p99, "p999_us": p999}
 
 
-def run_load_client(client, mode, port, conns, seconds, ca, path=PATH, headers=(), proxy_auth=None) -> dict:
+def run_load_client(client, mode, port, conns, seconds, ca, path=PATH, proxy_auth=None) -> dict:
     """benches/load_client.rs: what wrk cannot drive (CONNECT then TLS), and TLS to the proxies
     that terminate it, so a table's rows share one load generator."""
     cmd = [client, "--address", f"127.0.0.1:{port}", "--mode", mode, "--path", path,
            "--connections", str(conns), "--seconds", str(seconds), "--threads", str(min(conns, 2))]
     if ca:
         cmd += ["--ca", str(ca)]
-    for h in headers:
-        cmd += ["--header", h]
     if proxy_auth:
         cmd += ["--proxy-authorization", proxy_auth]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout

@@ -329,14 +329,7 @@ async fn twilio_responses_pass_through_untouched_and_bodies_stream_both_ways() {
             }
         } else {
             // Echo the body back, doubled, to check large bodies both ways.
-            let mut body = r.body.to_vec();
-            body.extend_from_slice(&r.body);
-            Reply {
-                status: StatusCode::CREATED,
-                headers: vec![("content-type".into(), "application/octet-stream".into())],
-                body: Bytes::from(body),
-                delay: Duration::ZERO,
-            }
+            doubled_echo(&r.body)
         }
     });
     let resp = h

@@ -16,7 +16,7 @@ use common::*;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Either, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use twilio_sidecar::dev::stand_in::{Reply, StandIn, ThrowawayPki};
+use twilio_sidecar::dev::stand_in::{StandIn, ThrowawayPki};
 use twilio_sidecar::upstream::{RequestBody, Upstream, UpstreamFailure};
 
 const HOST: &str = "api.twilio.com";
@@ -244,17 +244,8 @@ async fn large_bodies_stream_both_ways_to_an_http1_only_twilio() {
         .expect("stand-in");
     let policy = format!("{POLICY}\n[limits]\nmax_request_body = 4194304\n");
     let h = Harness::start_against(stand_in, |ctx| standard_config(ctx, "", &policy)).await;
-    h.stand_in.set_responder(|r| {
-        // The body back, doubled: 3 MB down for 1.5 MB up.
-        let mut body = r.body.to_vec();
-        body.extend_from_slice(&r.body);
-        Reply {
-            status: StatusCode::CREATED,
-            headers: vec![("content-type".into(), "application/octet-stream".into())],
-            body: Bytes::from(body),
-            delay: Duration::ZERO,
-        }
-    });
+    // The body back, doubled: 3 MB down for 1.5 MB up.
+    h.stand_in.set_responder(|r| doubled_echo(&r.body));
     let path = format!("/2010-04-01/Accounts/{SID}/Messages.json");
     let big: Vec<u8> = (0..1_500_000u32).map(|i| (i % 251) as u8).collect();
     let resp = h.send("POST", &path, &[], &big).await;

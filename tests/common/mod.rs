@@ -445,6 +445,18 @@ pub fn http1_request(
     bytes
 }
 
+/// The stand-in's answer that echoes the request body back, doubled: large bodies both ways.
+pub fn doubled_echo(body: &[u8]) -> twilio_sidecar::dev::stand_in::Reply {
+    let mut doubled = body.to_vec();
+    doubled.extend_from_slice(body);
+    twilio_sidecar::dev::stand_in::Reply {
+        status: http::StatusCode::CREATED,
+        headers: vec![("content-type".into(), "application/octet-stream".into())],
+        body: bytes::Bytes::from(doubled),
+        delay: Duration::ZERO,
+    }
+}
+
 /// Sends `bytes` on a fresh connection and reads until the peer closes (or the response is
 /// complete by its Content-Length / chunked framing).
 pub async fn raw_request(addr: SocketAddr, bytes: &[u8]) -> RawResponse {
