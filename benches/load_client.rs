@@ -83,6 +83,14 @@ struct Tally {
     errors: u64,
 }
 
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.latencies_us.extend(other.latencies_us);
+        self.non2xx += other.non2xx;
+        self.errors += other.errors;
+    }
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let dialer = Arc::new(Dialer::new(&args)?);
@@ -125,10 +133,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let mut all = Tally::default();
     for handle in handles {
-        let tally = handle.join().map_err(|_| "a client thread panicked")??;
-        all.latencies_us.extend(tally.latencies_us);
-        all.non2xx += tally.non2xx;
-        all.errors += tally.errors;
+        all.add(handle.join().map_err(|_| "a client thread panicked")??);
     }
     let elapsed = started.elapsed().as_secs_f64();
     all.latencies_us.sort_unstable();
@@ -247,11 +252,7 @@ async fn drive(
     let mut tally = Tally::default();
     for task in tasks {
         match task.await {
-            Ok(t) => {
-                tally.latencies_us.extend(t.latencies_us);
-                tally.non2xx += t.non2xx;
-                tally.errors += t.errors;
-            }
+            Ok(t) => tally.add(t),
             Err(_) => tally.errors += 1,
         }
     }
