@@ -26,15 +26,17 @@
 //!   its file [`control::watch`], and the [`control::admin`] endpoints.
 //! - [`webhooks`]: the inbound listener that verifies Twilio's webhook signatures
 //!   ([`webhooks::signature`]) and forwards what verifies to the app.
-//! - [`config`], [`metrics`] and [`error_codes`]: leaves that everything imports and that
-//!   import nothing of the crate — settings types (TOML in, every problem at once), one metrics
-//!   struct per component, and what each of the sidecar's error codes means.
+//! - [`config`], [`metrics`], [`error_codes`] and [`ascii`]: leaves that everything imports
+//!   and that import nothing of the crate — settings types (TOML in, every problem at once),
+//!   one metrics struct per component, what each of the sidecar's error codes means, and
+//!   numbers written as bytes without `core::fmt`.
 //! - Around them: [`app`] (wiring: build, bind, serve, drain), [`commands`] (`check`,
 //!   `validate`), [`dev`] (`dev` mode and its TLS stand-in for Twilio) and [`telemetry`].
 
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod ascii;
 pub mod commands;
 pub mod config;
 pub mod control;

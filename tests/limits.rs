@@ -207,6 +207,28 @@ async fn sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_zero() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_filter_can_turn_the_access_log_off_on_its_own() {
+    let mut quiet = sidecar_command();
+    quiet.env("TWILIO_SIDECAR_LOG", "info,twilio_sidecar::access=off");
+    let h = Harness::start_as(quiet, stand_in().await, |ctx| {
+        standard_config(ctx, "", POLICY)
+    })
+    .await;
+    for id in ["req-off-1", "req-off-2"] {
+        let resp = h
+            .send("POST", &messages(), &[("X-Request-Id", id)], b"")
+            .await;
+        assert_eq!(resp.status, 200);
+    }
+    // Lines wait at most 5 ms for their batch.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let logs = h.logs().join("\n");
+    assert!(logs.contains("proxy listening"), "{logs}");
+    assert!(!logs.contains("twilio_sidecar::access"), "{logs}");
+    assert!(!logs.contains("req-off"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_lines_are_json_with_every_field_and_nothing_secret() {
     let h = Harness::start().await;
     let target = format!("{}?To=%2B15005550006&secret_query=hunter2", messages());

@@ -49,11 +49,10 @@ use http::header::HeaderName;
 use http::{HeaderValue, Method, Request, Response, Uri};
 use http_body_util::Either;
 use hyper::body::Incoming;
-use tracing::info;
 
 use crate::control::state::{SharedState, State};
 use crate::metrics::{Metrics, RequestLabels};
-use crate::telemetry::access_format::ACCESS_TARGET;
+use crate::telemetry::access_log::AccessLine;
 use crate::upstream::body::ResponseBody as Body;
 use error::ProxyError;
 use server::ServerOptions;
@@ -327,26 +326,26 @@ impl Proxy {
             elapsed.as_secs_f64(),
         );
         let path = uri.path().get(record.path_offset..).unwrap_or("");
-        info!(
-            target: ACCESS_TARGET,
-            request_id = request_id.to_str().unwrap_or("-"),
-            method = %method,
-            host = record.host,
+        AccessLine {
+            request_id: request_id.to_str().unwrap_or("-"),
+            method: method.as_str(),
+            host: record.host,
             path,
-            client = record.client,
-            rule = record.rule,
-            decision = record.decision,
-            account = record.account,
-            status = status.as_u16(),
-            latency_ms = latency_ms(elapsed),
-            twilio_request_id = record
+            client: record.client,
+            rule: record.rule,
+            decision: record.decision,
+            account: record.account,
+            status: status.as_u16(),
+            latency: elapsed,
+            twilio_request_id: record
                 .twilio_request_id
                 .as_ref()
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-"),
-            identity = record.identity.as_deref().unwrap_or("-"),
-            retries_429 = record.retries,
-        );
+            identity: record.identity.as_deref().unwrap_or("-"),
+            retries_429: record.retries,
+        }
+        .log();
         response.headers_mut().insert(X_REQUEST_ID, request_id);
         response
     }
@@ -384,12 +383,6 @@ fn generated_request_id(prefix: u32, n: u64) -> HeaderValue {
         *b = b"0123456789abcdef"[((digits >> (4 * (23 - i))) & 0xf) as usize];
     }
     HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
-}
-
-/// Milliseconds to the microsecond (`48.232`, not `48.232476000000005`): the nearest double to
-/// a whole number of microseconds prints as exactly that many decimals.
-fn latency_ms(elapsed: std::time::Duration) -> f64 {
-    elapsed.as_micros() as f64 / 1000.0
 }
 
 /// An HTTP/1 request whose body has yet to be read: refused unread, its connection closes
@@ -438,20 +431,6 @@ mod tests {
                 generated_request_id(prefix, n).to_str().unwrap(),
                 format!("{prefix:08x}{n:016x}")
             );
-        }
-    }
-
-    #[test]
-    fn latencies_are_logged_to_the_microsecond() {
-        for (nanos, text) in [
-            (48_232_476, "48.232"),
-            (1_000, "0.001"),
-            (999, "0"),
-            (3_000_000_000, "3000"),
-            (12_345_678, "12.345"),
-        ] {
-            let ms = latency_ms(std::time::Duration::from_nanos(nanos));
-            assert_eq!(ms.to_string(), text);
         }
     }
 

@@ -89,6 +89,13 @@ impl LogWriter {
     }
 }
 
+impl LogWriter {
+    /// Queues one whole line (or several), as a non-error event's would be.
+    pub fn append(&self, lines: &[u8]) {
+        self.shared.append(lines, false);
+    }
+}
+
 impl<'a> MakeWriter<'a> for LogWriter {
     type Writer = LineSink<'a>;
 

@@ -161,7 +161,8 @@ impl Harness {
         Self::start_as(cmd, stand_in().await, make).await
     }
 
-    async fn start_as(
+    /// Like [`Harness::start_against`], running `command` (the binary, with its environment).
+    pub async fn start_as(
         mut command: Command,
         stand_in: StandIn,
         make: impl FnOnce(&Ctx) -> String,

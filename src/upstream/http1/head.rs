@@ -14,6 +14,7 @@ use http::{HeaderMap, Method, StatusCode, Version};
 
 use super::chunked::ChunkedDecoder;
 use super::Http1Error;
+use crate::ascii::push_decimal;
 
 /// Most header fields in a response head, as hyper's default.
 const MAX_HEADERS: usize = 100;
@@ -252,21 +253,6 @@ fn takes_body(method: &Method) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE
     )
-}
-
-/// Appends `n` in decimal.
-pub(crate) fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
 }
 
 /// Appends a chunk-size line for `n` bytes.
