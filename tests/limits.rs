@@ -207,6 +207,14 @@ async fn sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_zero() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_longest_request_timeout_accepted_does_not_overflow() {
+    // 100 years: the request's deadline (`Instant + d`) must not panic.
+    let h = start_with_limits("request_timeout = \"876000h\"").await;
+    let resp = h.send("POST", &messages(), &[], b"").await;
+    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.raw));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_filter_can_turn_the_access_log_off_on_its_own() {
     let mut quiet = sidecar_command();
     quiet.env("TWILIO_SIDECAR_LOG", "info,twilio_sidecar::access=off");

@@ -6,6 +6,10 @@ use std::collections::BTreeSet;
 
 use toml::{Table, Value};
 
+/// The longest duration a config may give (876000h, 100 years): "never" in effect, and far
+/// from where `Instant + d` would overflow and panic.
+pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 86_400);
+
 /// Errors and warnings found while reading a config.
 #[derive(Debug, Default, Clone)]
 pub struct Diagnostics {
@@ -111,10 +115,20 @@ impl<'a> Section<'a> {
         self.typed(d, key, "an integer", Value::as_integer)
     }
 
-    /// A positive duration written as a string: `"250ms"`, `"5s"`, `"2m"`, `"1h"`.
+    /// A positive duration written as a string: `"250ms"`, `"5s"`, `"2m"`, `"1h"`; at most
+    /// [`MAX_DURATION`], so that a deadline built from it (`Instant + d`) cannot overflow.
     pub fn duration(&mut self, d: &mut Diagnostics, key: &'a str) -> Option<std::time::Duration> {
         let v = self.string(d, key)?;
         match super::parse_duration(v) {
+            Some(dur) if dur > MAX_DURATION => {
+                d.error(
+                    self.key(key),
+                    format!(
+                        "{v:?} is more than 876000h (100 years), the longest duration accepted"
+                    ),
+                );
+                None
+            }
             Some(dur) if !dur.is_zero() => Some(dur),
             _ => {
                 d.error(

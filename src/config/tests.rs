@@ -70,6 +70,7 @@ fn every_error_at_once_naming_the_key() {
         [upstream]
         default_host = "evil.example"
         request_timeout = "soon"
+        connect_timeout = "3000000000000000h"
         http2_max_streams = 0
         colour = "blue"
         [[accounts]]
@@ -89,6 +90,7 @@ fn every_error_at_once_naming_the_key() {
         "listen.address: expected an IP:PORT",
         "upstream.default_host: \"evil.example\" is not in upstream.allowed_hosts",
         "upstream.request_timeout: expected a positive duration",
+        "upstream.connect_timeout: \"3000000000000000h\" is more than 876000h (100 years)",
         "upstream.http2_max_streams: must be at least 1",
         "upstream.colour: unknown key",
         "accounts[0].sid: \"AC1\" is not an account SID",

@@ -249,14 +249,17 @@ impl Proxy {
             // The whole-request limit is applied here rather than by an outer layer so that a
             // request that runs out of time still gets its metrics and access-log line.
             let limit = state.config.limits.request_timeout;
+            // Cannot overflow: the config reader caps durations at 100 years.
+            let deadline = tokio::time::Instant::from_std(started + limit);
             let mut record = Record {
-                deadline: Some(tokio::time::Instant::from_std(started + limit)),
+                deadline: Some(deadline),
                 check_host,
                 body_done: !body_pending(&req),
                 ..Record::default()
             };
             let outcome =
-                tokio::time::timeout(limit, self.pipeline(&state, req, &mut record, tunnel)).await;
+                tokio::time::timeout_at(deadline, self.pipeline(&state, req, &mut record, tunnel))
+                    .await;
             let error = match outcome {
                 Ok(Ok(response)) => {
                     return self.finish(response, &record, &method, &uri, request_id, started)
