@@ -168,9 +168,12 @@ impl Gate {
     /// must be a Twilio host, an IP address, `localhost` or one of `listen.names` — a
     /// DNS-rebinding page sends its own name. Absolute-form targets are the router's to check.
     pub fn refuse_browsers(&self, parts: &Parts, check_host: bool) -> Result<(), Refusal> {
-        if let Some(name) = BROWSER_HEADERS
-            .iter()
-            .find(|h| parts.headers.contains_key(*h))
+        // One pass over the few names a request carries, rather than a hashed lookup for
+        // each of these.
+        if let Some(name) = parts
+            .headers
+            .keys()
+            .find(|name| BROWSER_HEADERS.contains(name))
         {
             return Err(Refusal::Browser(format!(
                 "the request carries {name}, which only web browsers send"

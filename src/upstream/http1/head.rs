@@ -169,7 +169,8 @@ pub(crate) fn parse_response(
 /// values cannot hold an LF, so the first empty line is the end.
 fn head_len(buf: &[u8]) -> Option<usize> {
     let mut at = 0;
-    while let Some(lf) = buf[at..].iter().position(|b| *b == b'\n') {
+    // memchr: a vector search per line, not a byte at a time.
+    while let Some(lf) = memchr::memchr(b'\n', &buf[at..]) {
         let next = at + lf + 1;
         match buf.get(next..next + 2) {
             Some([b'\r', b'\n']) => return Some(next + 2),
