@@ -1,9 +1,9 @@
 //! The access log: one line per request under the `twilio_sidecar::access` target, as the
 //! proxy's `finish` describes it in an [`AccessLine`].
 //!
-//! A line is built from its typed fields straight into the log writer's buffer, byte for byte
-//! what tracing-subscriber's default text (`Full`, no colours) or flattened JSON format writes
-//! for the same `info!` event (the tests hold it to that). The log filter still decides
+//! A line is built from its typed fields in a per-thread buffer and handed to the log writer,
+//! byte for byte what tracing-subscriber's default text (`Full`, no colours) or flattened JSON
+//! format writes for the same `info!` event (the tests hold it to that). The log filter still decides
 //! whether it is written: `--log-level` or `TWILIO_SIDECAR_LOG` (say,
 //! `info,twilio_sidecar::access=off`) treat it as that event.
 //!

@@ -87,9 +87,7 @@ impl LogWriter {
             LogGuard { shared, thread },
         )
     }
-}
 
-impl LogWriter {
     /// Queues one whole line (or several), as a non-error event's would be.
     pub fn append(&self, lines: &[u8]) {
         self.shared.append(lines, false);
