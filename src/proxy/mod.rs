@@ -52,7 +52,7 @@ use hyper::body::Incoming;
 
 use crate::control::state::{SharedState, State};
 use crate::metrics::{Metrics, RequestLabels};
-use crate::telemetry::access_log::AccessLine;
+use crate::telemetry::access_log::{self, AccessLine};
 use crate::upstream::body::ResponseBody as Body;
 use error::ProxyError;
 use server::ServerOptions;
@@ -328,12 +328,11 @@ impl Proxy {
             },
             elapsed.as_secs_f64(),
         );
-        let path = uri.path().get(record.path_offset..).unwrap_or("");
-        AccessLine {
+        access_log::log(|| AccessLine {
             request_id: request_id.to_str().unwrap_or("-"),
             method: method.as_str(),
             host: record.host,
-            path,
+            path: uri.path().get(record.path_offset..).unwrap_or(""),
             client: record.client,
             rule: record.rule,
             decision: record.decision,
@@ -347,8 +346,7 @@ impl Proxy {
                 .unwrap_or("-"),
             identity: record.identity.as_deref().unwrap_or("-"),
             retries_429: record.retries,
-        }
-        .log();
+        });
         response.headers_mut().insert(X_REQUEST_ID, request_id);
         response
     }

@@ -89,21 +89,29 @@ macro_rules! name {
     };
 }
 
-impl AccessLine<'_> {
-    /// Writes the line, if the log filter lets an `info` event of [`ACCESS_TARGET`] through.
-    pub fn log(&self) {
-        if !tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO) {
-            return;
-        }
-        let Some(direct) = DIRECT.get() else {
-            return self.event();
-        };
-        LINE.with(|line| match line.try_borrow_mut() {
-            Ok(mut line) => direct.write(&mut line, self),
-            Err(_) => direct.write(&mut Vec::new(), self),
-        });
+/// Writes the line `make` builds, if the log filter lets an `info` event of [`ACCESS_TARGET`]
+/// through; with access lines filtered out it is never built.
+pub fn log<'a>(make: impl FnOnce() -> AccessLine<'a>) {
+    if !tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO) {
+        return;
     }
+    let line = make();
+    let Some(direct) = DIRECT.get() else {
+        return line.event();
+    };
+    LINE.with(|buf| match buf.try_borrow_mut() {
+        Ok(mut buf) => direct.write(&mut buf, &line),
+        Err(_) => direct.write(&mut Vec::new(), &line),
+    });
+}
 
+/// Milliseconds to the microsecond (`48.232`, not `48.232476000000005`): the nearest double to
+/// a whole number of microseconds prints as exactly that many decimals.
+fn latency_ms(latency: Duration) -> f64 {
+    latency.as_micros() as f64 / 1000.0
+}
+
+impl AccessLine<'_> {
     /// The line as the `tracing` event it stands for.
     fn event(&self) {
         tracing::info!(
@@ -117,7 +125,7 @@ impl AccessLine<'_> {
             decision = self.decision,
             account = self.account,
             status = self.status,
-            latency_ms = self.latency.as_micros() as f64 / 1000.0,
+            latency_ms = latency_ms(self.latency),
             twilio_request_id = self.twilio_request_id,
             identity = self.identity,
             retries_429 = self.retries_429,
@@ -243,7 +251,7 @@ impl Fields<'_> {
         if micros >= 1_000_000_000_000_000 {
             // From 10^12 ms on, the f64 is too coarse for the thousandths to print as they
             // are (31 years: no request lasts that long). Let it speak for itself.
-            let value = micros as f64 / 1000.0;
+            let value = latency_ms(latency);
             let _ = match self.format {
                 LogFormat::Text => write!(self.out, "{value:?}"),
                 LogFormat::Json => {
@@ -481,7 +489,7 @@ mod tests {
         // No test in this crate installs the direct writer.
         assert!(DIRECT.get().is_none());
         for format in [LogFormat::Text, LogFormat::Json] {
-            let logged = by_default_format(format, || typical().log());
+            let logged = by_default_format(format, || log(typical));
             let event = by_default_format(format, || typical().event());
             assert_eq!(untimed(&logged), untimed(&event));
             assert_eq!(logged.lines().count(), 1);
@@ -497,7 +505,7 @@ mod tests {
             .with_writer(move || sink.clone())
             .finish();
         tracing::subscriber::with_default(quiet, || {
-            typical().log();
+            log(typical);
             tracing::info!(target: "twilio_sidecar::app", "kept");
         });
         let logged = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
@@ -505,6 +513,20 @@ mod tests {
             logged.contains("kept") && !logged.contains("access"),
             "{logged}"
         );
+    }
+
+    #[test]
+    fn latencies_are_logged_to_the_microsecond() {
+        for (nanos, text) in [
+            (48_232_476, "48.232"),
+            (1_000, "0.001"),
+            (999, "0"),
+            (3_000_000_000, "3000"),
+            (12_345_678, "12.345"),
+        ] {
+            let ms = latency_ms(Duration::from_nanos(nanos));
+            assert_eq!(ms.to_string(), text);
+        }
     }
 
     #[test]
