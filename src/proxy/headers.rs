@@ -190,12 +190,19 @@ fn remove_connection_listed(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
+
+    /// A header map of `pairs`, in order, repeats appended.
+    fn fields(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for &(k, v) in pairs {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        h
+    }
 
     #[test]
     fn strips_credentials_hop_by_hop_and_overrides() {
-        let mut h = HeaderMap::new();
-        for (k, v) in [
+        let mut h = fields(&[
             ("authorization", "Basic YXBwOmFwcA=="),
             ("proxy-authorization", "Basic eA=="),
             ("cookie", "a=b"),
@@ -215,9 +222,7 @@ mod tests {
             ("x-twilio-client", "python"),
             ("i-twilio-idempotency-token", "abc"),
             ("x-custom-tracing", "1"),
-        ] {
-            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
-        }
+        ]);
         let extra = [HeaderName::from_static("x-custom-tracing")];
         let unexpected = strip_request_headers(&mut h, &extra);
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
@@ -239,8 +244,7 @@ mod tests {
 
     #[test]
     fn strips_hop_by_hop_from_twilios_response_and_keeps_the_rest() {
-        let mut h = HeaderMap::new();
-        for (k, v) in [
+        let mut h = fields(&[
             ("content-type", "application/json"),
             ("connection", "keep-alive, x-edge-hop"),
             ("keep-alive", "timeout=5"),
@@ -248,17 +252,14 @@ mod tests {
             ("twilio-request-id", "RQ1"),
             ("transfer-encoding", "chunked"),
             ("proxy-authenticate", "Basic"),
-        ] {
-            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
-        }
+        ]);
         strip_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["content-type", "twilio-request-id"]);
 
         // Every hop-by-hop name at once, some more than once, and a header listed only by a
         // later `Connection` field.
-        let mut h = HeaderMap::new();
-        for (k, v) in [
+        let mut h = fields(&[
             ("connection", "close"),
             ("transfer-encoding", "chunked"),
             ("upgrade", "h2c"),
@@ -270,9 +271,7 @@ mod tests {
             ("transfer-encoding", "gzip"),
             ("x-second-hop", "2"),
             ("x-kept", "3"),
-        ] {
-            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
-        }
+        ]);
         strip_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["x-kept"]);
